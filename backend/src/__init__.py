@@ -1,0 +1,1 @@
+"""Herald: a task tracker whose changes reliably become emails and live notifications."""

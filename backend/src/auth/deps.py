@@ -1,0 +1,39 @@
+"""Who is calling: every endpoint but register and login depends on `CurrentUser`."""
+
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
+
+from src.auth.models import User
+from src.auth.security import decode_token
+from src.db import get_session
+
+_bearer = HTTPBearer(auto_error=False)
+
+DbSession = Annotated[Session, Depends(get_session)]
+
+
+def unauthorized(detail: str) -> HTTPException:
+    return HTTPException(status.HTTP_401_UNAUTHORIZED, detail=detail, headers={"WWW-Authenticate": "Bearer"})
+
+
+def user_from_token(session: Session, token: str | None, purpose: str = "access") -> User:
+    if not token:
+        raise unauthorized("missing bearer token")
+    user_id = decode_token(token, purpose)
+    user = session.get(User, user_id) if user_id is not None else None
+    if user is None:
+        raise unauthorized("invalid or expired token")
+    return user
+
+
+def current_user(
+    session: DbSession,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> User:
+    return user_from_token(session, credentials.credentials if credentials else None)
+
+
+CurrentUser = Annotated[User, Depends(current_user)]

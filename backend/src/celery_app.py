@@ -1,0 +1,38 @@
+"""The one Celery app: `celery -A src.celery_app worker|beat|inspect` from `backend/`.
+
+Delivery state lives in the database; Redis only carries wake-up calls. Hence late acks (a killed
+worker's message is redelivered), one prefetched message per process, and a visibility timeout
+longer than any email claim lease so Redis never redelivers work whose claim is still alive.
+"""
+
+from celery import Celery
+from kombu import Queue
+
+from src.config import settings
+
+app = Celery("herald", broker=settings.redis_url, backend=settings.redis_url)
+app.conf.update(
+    task_serializer="json",
+    result_serializer="json",
+    accept_content=["json"],
+    task_queues=[Queue(name, routing_key=name) for name in ("emails", "notifications", "default")],
+    task_default_queue="default",
+    task_routes={
+        "src.emails.tasks.*": {"queue": "emails"},
+        "src.notifications.tasks.*": {"queue": "notifications"},
+    },
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    worker_prefetch_multiplier=1,
+    task_ignore_result=True,
+    result_expires=3600,
+    broker_connection_retry_on_startup=True,
+    broker_transport_options={"visibility_timeout": settings.email_lease_seconds * 4},
+    worker_send_task_events=True,
+    task_send_sent_event=True,
+    beat_schedule={},
+    timezone="UTC",
+)
+app.autodiscover_tasks(["src.emails", "src.notifications"], related_name="tasks")
+
+celery_app = app

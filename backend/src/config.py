@@ -1,0 +1,60 @@
+"""The one settings object: `backend/.env` first, the process environment over it."""
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+BACKEND_DIR = Path(__file__).resolve().parent.parent
+DEFAULT_SECRET_KEY = "dev-only-insecure-secret-key-change-me-in-production"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=BACKEND_DIR / ".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    environment: str = "development"
+    database_url: str = "sqlite:///./herald.db"
+    redis_url: str = "redis://localhost:6379/0"
+    secret_key: str = DEFAULT_SECRET_KEY
+    access_token_expire_minutes: int = 60
+    public_base_url: str = "http://localhost:8000"
+
+    smtp_host: str = ""
+    smtp_port: int = 587
+    smtp_user: str = ""
+    smtp_password: str = ""
+    smtp_from_email: str = "noreply@herald.local"
+    smtp_from_name: str = "Herald"
+    smtp_use_tls: bool = False
+    smtp_use_ssl: bool = False
+    smtp_timeout: float = 10.0
+
+    email_queue_interval: float = 60.0
+    email_batch_size: int = 100
+    email_max_attempts: int = 5
+    email_lease_seconds: int = 120
+    email_backoff_base_seconds: float = 30.0
+    email_backoff_max_seconds: float = 3600.0
+
+    @model_validator(mode="after")
+    def _refuse_insecure_production(self) -> "Settings":
+        if self.environment == "production" and (
+            self.secret_key == DEFAULT_SECRET_KEY or len(self.secret_key) < 32
+        ):
+            raise ValueError(
+                "SECRET_KEY must be set to a random value of at least 32 characters "
+                "when ENVIRONMENT=production; generate one with: "
+                "python -c 'import secrets; print(secrets.token_urlsafe(48))'"
+            )
+        return self
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
+
+
+settings = get_settings()

@@ -1,0 +1,126 @@
+"""A local SMTP server that keeps every message it accepts: the mail sink of `make run` and the tests.
+
+Run it alone with `python -m src.devserver.smtp_sink --port 1025 --maildir .run/mail`; every accepted
+message is written there as an `.eml` file and logged. Tests script failures by queueing replies
+(`sink.replies.append("421 try later")`): each queued reply answers one DATA instead of accepting it.
+"""
+
+import argparse
+import asyncio
+import json
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from pathlib import Path
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from src.devserver.redis_server import free_port
+
+log = logging.getLogger("herald.smtp_sink")
+
+
+@dataclass
+class ReceivedMail:
+    mail_from: str
+    rcpt_tos: list[str]
+    raw: bytes
+    received_at: float = field(default_factory=time.time)
+
+    @property
+    def message(self) -> EmailMessage:
+        return message_from_bytes(self.raw, policy=policy.default)  # type: ignore[return-value]
+
+
+class RecordingHandler:
+    def __init__(self, maildir: Path | None = None, journal: Path | None = None) -> None:
+        self.messages: list[ReceivedMail] = []
+        self.replies: deque[str] = deque()
+        self.maildir = maildir
+        self.journal = journal.open("a", buffering=1) if journal else None
+        self._lock = threading.Lock()
+        if maildir:
+            maildir.mkdir(parents=True, exist_ok=True)
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        if self.replies:
+            return self.replies.popleft()
+        raw = envelope.original_content or b""
+        mail = ReceivedMail(envelope.mail_from or "", list(envelope.rcpt_tos), raw)
+        with self._lock:
+            self.messages.append(mail)
+            count = len(self.messages)
+        headers = message_from_bytes(raw.split(b"\r\n\r\n", 1)[0], policy=policy.default)
+        if self.maildir:
+            (self.maildir / f"{int(mail.received_at * 1000)}-{count:06d}.eml").write_bytes(raw)
+            log.info("mail to %s: %s", ", ".join(mail.rcpt_tos), headers["Subject"])
+        if self.journal:
+            record = {"message_id": headers["Message-ID"], "to": mail.rcpt_tos, "at": mail.received_at}
+            self.journal.write(json.dumps(record) + "\n")
+        return "250 Message accepted for delivery"
+
+
+class SmtpSink:
+    def __init__(
+        self,
+        port: int = 0,
+        host: str = "127.0.0.1",
+        maildir: Path | None = None,
+        journal: Path | None = None,
+    ) -> None:
+        self.handler = RecordingHandler(maildir, journal)
+        self.controller = Controller(self.handler, hostname=host, port=port or free_port())
+
+    @property
+    def port(self) -> int:
+        return self.controller.port
+
+    @property
+    def messages(self) -> list[ReceivedMail]:
+        return self.handler.messages
+
+    @property
+    def replies(self) -> deque[str]:
+        return self.handler.replies
+
+    def start(self) -> "SmtpSink":
+        self.controller.start()
+        return self
+
+    def stop(self) -> None:
+        self.controller.stop()
+
+    def wait_for(self, count: int, timeout: float = 10.0) -> list[ReceivedMail]:
+        deadline = time.monotonic() + timeout
+        while len(self.messages) < count and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return self.messages
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=1025)
+    parser.add_argument("--maildir", type=Path, help="write each message here as an .eml file")
+    parser.add_argument("--journal", type=Path, help="append one JSON line per message here")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    handler = RecordingHandler(args.maildir, args.journal)
+    controller = Controller(handler, hostname=args.host, port=args.port)
+    controller.start()
+    log.info("SMTP sink listening on %s:%d", args.host, args.port)
+    try:
+        asyncio.run(asyncio.Event().wait())
+    except KeyboardInterrupt:
+        pass
+    finally:
+        controller.stop()
+
+
+if __name__ == "__main__":
+    main()

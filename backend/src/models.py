@@ -1,0 +1,8 @@
+"""Every table, imported in one place so Alembic and the tests see the whole schema."""
+
+from src.auth.models import User
+from src.db import Base
+from src.orgs.models import Membership, Organization
+from src.tasks.models import Task, TaskEvent, task_watchers
+
+__all__ = ["Base", "Membership", "Organization", "Task", "TaskEvent", "User", "task_watchers"]

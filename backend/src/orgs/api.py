@@ -1,0 +1,42 @@
+from fastapi import APIRouter, status
+
+from src.auth.deps import CurrentUser, DbSession
+from src.orgs import service
+from src.orgs.models import Membership, Organization
+from src.orgs.schemas import MemberIn, MemberOut, OrgIn, OrgOut
+
+router = APIRouter(prefix="/orgs", tags=["organizations"])
+
+
+def _org_out(org: Organization, membership: Membership) -> OrgOut:
+    return OrgOut(id=org.id, name=org.name, role=membership.role, created_at=org.created_at)
+
+
+@router.post("", status_code=status.HTTP_201_CREATED)
+def create_org(body: OrgIn, user: CurrentUser, session: DbSession) -> OrgOut:
+    return _org_out(*service.create_org(session, user, body.name))
+
+
+@router.get("")
+def list_orgs(user: CurrentUser, session: DbSession) -> list[OrgOut]:
+    return [_org_out(org, m) for org, m in service.list_orgs(session, user)]
+
+
+@router.get("/{org_id}")
+def get_org(org_id: int, user: CurrentUser, session: DbSession) -> OrgOut:
+    return _org_out(*service.get_org(session, org_id, user))
+
+
+@router.get("/{org_id}/members", response_model=list[MemberOut])
+def list_members(org_id: int, user: CurrentUser, session: DbSession) -> object:
+    return service.list_members(session, org_id, user)
+
+
+@router.post("/{org_id}/members", status_code=status.HTTP_201_CREATED, response_model=MemberOut)
+def add_member(org_id: int, body: MemberIn, user: CurrentUser, session: DbSession) -> object:
+    return service.add_member(session, org_id, user, body.email, body.role)
+
+
+@router.delete("/{org_id}/members/{user_id}", status_code=status.HTTP_204_NO_CONTENT)
+def remove_member(org_id: int, user_id: int, user: CurrentUser, session: DbSession) -> None:
+    service.remove_member(session, org_id, user, user_id)

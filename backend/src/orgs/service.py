@@ -1,0 +1,102 @@
+"""Organizations and who belongs to them: the boundary every other query is scoped by."""
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from src.auth.models import User
+from src.auth.service import get_user_by_email
+from src.errors import Conflict, Forbidden, Invalid, NotFound
+from src.orgs.models import Membership, Organization, Role
+
+MANAGERS = (Role.owner, Role.admin)
+
+
+def create_org(session: Session, owner: User, name: str) -> tuple[Organization, Membership]:
+    org = Organization(name=name.strip())
+    session.add(org)
+    session.flush()
+    membership = Membership(org_id=org.id, user_id=owner.id, role=Role.owner)
+    session.add(membership)
+    session.commit()
+    return org, membership
+
+
+def list_orgs(session: Session, user: User) -> list[tuple[Organization, Membership]]:
+    rows = session.execute(
+        select(Organization, Membership)
+        .join(Membership, Membership.org_id == Organization.id)
+        .where(Membership.user_id == user.id)
+        .order_by(Organization.id)
+    )
+    return [(org, membership) for org, membership in rows]
+
+
+def get_membership(session: Session, org_id: int, user_id: int) -> Membership | None:
+    return session.scalar(
+        select(Membership).where(Membership.org_id == org_id, Membership.user_id == user_id)
+    )
+
+
+def require_member(session: Session, org_id: int, user: User) -> Membership:
+    """The caller's membership; an organization they are not in does not exist for them (404)."""
+    membership = get_membership(session, org_id, user.id)
+    if membership is None:
+        raise NotFound("organization not found")
+    return membership
+
+
+def require_manager(session: Session, org_id: int, user: User) -> Membership:
+    membership = require_member(session, org_id, user)
+    if membership.role not in MANAGERS:
+        raise Forbidden("only an owner or admin of the organization can do this")
+    return membership
+
+
+def get_org(session: Session, org_id: int, user: User) -> tuple[Organization, Membership]:
+    membership = require_member(session, org_id, user)
+    return session.get_one(Organization, org_id), membership
+
+
+def list_members(session: Session, org_id: int, user: User) -> list[Membership]:
+    require_member(session, org_id, user)
+    return list(
+        session.scalars(select(Membership).where(Membership.org_id == org_id).order_by(Membership.id))
+    )
+
+
+def add_member(session: Session, org_id: int, actor: User, email: str, role: Role) -> Membership:
+    actor_membership = require_manager(session, org_id, actor)
+    if role == Role.owner and actor_membership.role != Role.owner:
+        raise Forbidden("only an owner can add another owner")
+    user = get_user_by_email(session, email)
+    if user is None:
+        raise Invalid(f"no registered user has the email {email!r}; they must register first")
+    if get_membership(session, org_id, user.id) is not None:
+        raise Conflict("this user is already a member of the organization")
+    membership = Membership(org_id=org_id, user_id=user.id, role=role)
+    session.add(membership)
+    session.commit()
+    return membership
+
+
+def remove_member(session: Session, org_id: int, actor: User, user_id: int) -> None:
+    actor_membership = require_manager(session, org_id, actor)
+    membership = get_membership(session, org_id, user_id)
+    if membership is None:
+        raise NotFound("member not found")
+    if membership.role == Role.owner:
+        if actor_membership.role != Role.owner:
+            raise Forbidden("only an owner can remove an owner")
+        owners = session.scalar(
+            select(func.count())
+            .select_from(Membership)
+            .where(Membership.org_id == org_id, Membership.role == Role.owner)
+        )
+        if owners == 1:
+            raise Conflict("an organization must keep at least one owner")
+    session.delete(membership)
+    session.commit()
+
+
+def member_ids(session: Session, org_id: int) -> set[int]:
+    return set(session.scalars(select(Membership.user_id).where(Membership.org_id == org_id)))

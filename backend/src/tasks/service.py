@@ -1,0 +1,148 @@
+"""Tasks and their history. Every change writes its event in the same transaction as the change."""
+
+from collections.abc import Iterable
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from src.auth.models import User
+from src.errors import Invalid, NotFound
+from src.orgs.service import member_ids, require_member
+from src.tasks.models import Task, TaskEvent, TaskStatus
+from src.tasks.schemas import TaskPatch
+
+
+def _require_members(session: Session, org_id: int, user_ids: Iterable[int], role: str) -> None:
+    outsiders = sorted(set(user_ids) - member_ids(session, org_id))
+    if outsiders:
+        raise Invalid(f"{role} must be members of the task's organization; not members: {outsiders}")
+
+
+def _record(session: Session, task: Task, actor: User, kind: str, old: object, new: object) -> None:
+    session.add(
+        TaskEvent(
+            task_id=task.id,
+            actor_id=actor.id,
+            kind=kind,
+            old_value=None if old is None else str(old),
+            new_value=None if new is None else str(new),
+        )
+    )
+
+
+def audience(task: Task, actor: User) -> list[int]:
+    """Who hears about a change: assignee, reporter and watchers, never the person who made it."""
+    ids = {task.reporter_id, *(w.id for w in task.watchers)}
+    if task.assignee_id is not None:
+        ids.add(task.assignee_id)
+    ids.discard(actor.id)
+    return sorted(ids)
+
+
+def create_task(
+    session: Session,
+    org_id: int,
+    actor: User,
+    title: str,
+    description: str,
+    assignee_id: int | None,
+    watcher_ids: list[int],
+) -> Task:
+    require_member(session, org_id, actor)
+    if assignee_id is not None:
+        _require_members(session, org_id, [assignee_id], "assignees")
+    _require_members(session, org_id, watcher_ids, "watchers")
+    task = Task(
+        org_id=org_id,
+        title=title.strip(),
+        description=description,
+        assignee_id=assignee_id,
+        reporter_id=actor.id,
+        watchers=[session.get_one(User, uid) for uid in sorted(set(watcher_ids))],
+    )
+    session.add(task)
+    session.flush()
+    _record(session, task, actor, "created", None, task.title)
+    if assignee_id is not None:
+        _record(session, task, actor, "assignee_changed", None, assignee_id)
+    session.commit()
+    return task
+
+
+def get_task(session: Session, task_id: int, user: User) -> Task:
+    """The task, if the caller belongs to its organization; otherwise it does not exist for them."""
+    task = session.get(Task, task_id)
+    if task is None:
+        raise NotFound("task not found")
+    try:
+        require_member(session, task.org_id, user)
+    except NotFound:
+        raise NotFound("task not found") from None
+    return task
+
+
+def list_tasks(
+    session: Session,
+    org_id: int,
+    user: User,
+    status: TaskStatus | None,
+    assignee_id: int | None,
+    limit: int,
+    offset: int,
+) -> tuple[list[Task], int]:
+    require_member(session, org_id, user)
+    query = select(Task).where(Task.org_id == org_id)
+    if status is not None:
+        query = query.where(Task.status == status)
+    if assignee_id is not None:
+        query = query.where(Task.assignee_id == assignee_id)
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    items = session.scalars(query.order_by(Task.id.desc()).limit(limit).offset(offset))
+    return list(items), total
+
+
+def update_task(session: Session, task_id: int, actor: User, patch: TaskPatch) -> Task:
+    task = get_task(session, task_id, actor)
+    sent = patch.model_fields_set
+    if "status" in sent and patch.status is None:
+        raise Invalid("status cannot be null")
+    if "title" in sent and patch.title is None:
+        raise Invalid("title cannot be null")
+    if "description" in sent and patch.description is None:
+        raise Invalid("description cannot be null")
+    if "assignee_id" in sent and patch.assignee_id is not None:
+        _require_members(session, task.org_id, [patch.assignee_id], "assignees")
+
+    if "title" in sent and patch.title != task.title:
+        _record(session, task, actor, "title_changed", task.title, patch.title)
+        task.title = patch.title.strip()
+    if "description" in sent and patch.description != task.description:
+        _record(session, task, actor, "description_changed", None, None)
+        task.description = patch.description
+    if "assignee_id" in sent and patch.assignee_id != task.assignee_id:
+        _record(session, task, actor, "assignee_changed", task.assignee_id, patch.assignee_id)
+        task.assignee_id = patch.assignee_id
+    if "status" in sent and patch.status != task.status:
+        _record(session, task, actor, "status_changed", task.status.value, patch.status.value)
+        task.status = patch.status
+    session.commit()
+    return task
+
+
+def set_watching(session: Session, task_id: int, actor: User, user_id: int, watch: bool) -> Task:
+    task = get_task(session, task_id, actor)
+    watching = any(w.id == user_id for w in task.watchers)
+    if watch and not watching:
+        _require_members(session, task.org_id, [user_id], "watchers")
+        task.watchers.append(session.get_one(User, user_id))
+        _record(session, task, actor, "watcher_added", None, user_id)
+    elif not watch and watching:
+        task.watchers = [w for w in task.watchers if w.id != user_id]
+        _record(session, task, actor, "watcher_removed", user_id, None)
+    session.commit()
+    return task
+
+
+def list_events(session: Session, task_id: int, user: User) -> list[TaskEvent]:
+    get_task(session, task_id, user)
+    return list(session.scalars(select(TaskEvent).where(TaskEvent.task_id == task_id).order_by(TaskEvent.id)))

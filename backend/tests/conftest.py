@@ -1,0 +1,198 @@
+"""Test services: a private Redis and a fresh PostgreSQL database for this run, SQLite beside it.
+
+They are started when this file is imported, before `src` reads its settings, so every `src`
+import (and every worker process the tests start) sees this run's own Redis and databases.
+With CI=true a missing PostgreSQL or Redis fails the run; elsewhere the tests needing it skip.
+"""
+
+import os
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from sqlalchemy.engine import URL, make_url
+
+from src.devserver.redis_server import PrivateRedis
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+RUN_DIR = Path(tempfile.mkdtemp(prefix="herald-tests-"))
+PG_ADMIN = make_url(os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"))
+
+
+def libpq_url(url: URL) -> str:
+    return url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+_problems: dict[str, str] = {}
+
+try:
+    _redis: PrivateRedis | None = PrivateRedis(workdir=str(RUN_DIR)).start()
+    os.environ["REDIS_URL"] = _redis.url
+except Exception as exc:  # any failure to start means: no Redis for this run
+    _redis = None
+    _problems["redis"] = f"cannot start a private redis-server: {exc}"
+    os.environ["REDIS_URL"] = "redis://127.0.0.1:1/0"
+
+
+def _create_pg_database() -> str | None:
+    name = f"herald_test_{uuid.uuid4().hex[:10]}"
+    try:
+        with psycopg.connect(libpq_url(PG_ADMIN), autocommit=True, connect_timeout=5) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.Error as exc:
+        where = PG_ADMIN.render_as_string(hide_password=True)
+        _problems["postgresql"] = f"cannot create a PostgreSQL database via {where}: {exc}"
+        return None
+    return name
+
+
+PG_DB_NAME = _create_pg_database()
+SQLITE_URL = f"sqlite:///{RUN_DIR / 'herald.db'}"
+PG_URL = (
+    PG_ADMIN.set(drivername="postgresql+psycopg", database=PG_DB_NAME).render_as_string(hide_password=False)
+    if PG_DB_NAME
+    else ""
+)
+os.environ["DATABASE_URL"] = SQLITE_URL
+os.environ.setdefault("EMAIL_QUEUE_INTERVAL", "1")
+
+
+def require_service(name: str) -> None:
+    """Skip (or, in CI, fail) a test that needs a service this run could not have."""
+    if name in _problems:
+        if IN_CI:
+            pytest.fail(f"CI=true and {_problems[name]}")
+        pytest.skip(_problems[name])
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if IN_CI and _problems:
+        pytest.exit("CI=true but services are missing: " + "; ".join(_problems.values()), returncode=3)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _redis is not None:
+        _redis.stop()
+    if PG_DB_NAME:
+        with psycopg.connect(libpq_url(PG_ADMIN), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{PG_DB_NAME}" WITH (FORCE)')
+
+
+def migrate(url: str, revision: str = "head", direction: str = "upgrade") -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config(str(Path(__file__).resolve().parent.parent / "alembic.ini"))
+    config.set_main_option("sqlalchemy.url", url)
+    config.attributes["configure_logger"] = False
+    getattr(command, direction)(config, revision)
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Each test using the database runs once on SQLite and once on PostgreSQL."""
+    from src.db import configure_engine
+
+    if request.param == "postgresql":
+        require_service("postgresql")
+        url = PG_URL
+    else:
+        url = SQLITE_URL
+    migrate(url)
+    configure_engine(url)
+    yield url
+    migrate(url, "base", "downgrade")
+
+
+@pytest.fixture
+def db(database_url: str) -> Iterator[str]:
+    """A migrated, empty database for one test."""
+    from sqlalchemy import text
+
+    from src import db as herald_db
+    from src.models import Base
+
+    yield database_url
+    assert herald_db.engine is not None
+    tables = [t.name for t in Base.metadata.sorted_tables]
+    with herald_db.engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
+        else:
+            for name in reversed(tables):
+                conn.execute(text(f"DELETE FROM {name}"))
+
+
+@pytest.fixture
+def client(db: str) -> Iterator["object"]:
+    from fastapi.testclient import TestClient
+
+    from src.main import app
+
+    with TestClient(app) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def redis_url() -> str:
+    require_service("redis")
+    return os.environ["REDIS_URL"]
+
+
+class Caller:
+    """A registered user and the headers that authenticate them."""
+
+    def __init__(self, user_id: int, email: str, token: str) -> None:
+        self.id = user_id
+        self.email = email
+        self.token = token
+        self.headers = {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture(scope="session")
+def password_hash() -> str:
+    from src.auth.security import hash_password
+
+    return hash_password("correct horse battery")
+
+
+@pytest.fixture
+def make_user(db: str, password_hash: str):
+    """Users inserted directly (argon2 per user would dominate the suite's time), with real tokens."""
+    from datetime import timedelta
+
+    from src.auth.models import User
+    from src.auth.security import create_token
+    from src.db import SessionLocal
+
+    def make(name: str) -> Caller:
+        with SessionLocal() as session:
+            user = User(email=f"{name}@example.com", name=name.title(), password_hash=password_hash)
+            session.add(user)
+            session.commit()
+        return Caller(user.id, user.email, create_token(user.id, "access", timedelta(hours=1)))
+
+    return make
+
+
+@pytest.fixture
+def make_org(client):
+    """An organization owned by `owner`, with `members` added under the given role."""
+
+    def make(owner: Caller, *members: Caller, role: str = "member", name: str = "Acme") -> int:
+        response = client.post("/api/orgs", json={"name": name}, headers=owner.headers)
+        assert response.status_code == 201, response.text
+        org_id = response.json()["id"]
+        for member in members:
+            added = client.post(
+                f"/api/orgs/{org_id}/members",
+                json={"email": member.email, "role": role},
+                headers=owner.headers,
+            )
+            assert added.status_code == 201, added.text
+        return org_id
+
+    return make

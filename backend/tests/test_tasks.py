@@ -1,0 +1,145 @@
+import pytest
+
+
+@pytest.fixture
+def team(make_user, make_org):
+    alice, bob, carol = make_user("alice"), make_user("bob"), make_user("carol")
+    org_id = make_org(alice, bob, carol)
+    return org_id, alice, bob, carol
+
+
+def create(client, org_id, caller, **fields):
+    response = client.post(
+        f"/api/orgs/{org_id}/tasks", json={"title": "Fix login", **fields}, headers=caller.headers
+    )
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def test_create_get_and_history(client, team):
+    org_id, alice, bob, carol = team
+    task = create(client, org_id, alice, description="It breaks", assignee_id=bob.id, watcher_ids=[carol.id])
+    assert task["status"] == "todo"
+    assert task["reporter_id"] == alice.id and task["assignee_id"] == bob.id
+    assert task["watcher_ids"] == [carol.id]
+
+    fetched = client.get(f"/api/tasks/{task['id']}", headers=carol.headers)
+    assert fetched.status_code == 200 and fetched.json()["title"] == "Fix login"
+
+    for status in ("in_progress", "in_review", "done"):
+        changed = client.patch(f"/api/tasks/{task['id']}", json={"status": status}, headers=bob.headers)
+        assert changed.status_code == 200 and changed.json()["status"] == status
+
+    events = client.get(f"/api/tasks/{task['id']}/events", headers=alice.headers).json()
+    assert [(e["kind"], e["old_value"], e["new_value"], e["actor_id"]) for e in events] == [
+        ("created", None, "Fix login", alice.id),
+        ("assignee_changed", None, str(bob.id), alice.id),
+        ("status_changed", "todo", "in_progress", bob.id),
+        ("status_changed", "in_progress", "in_review", bob.id),
+        ("status_changed", "in_review", "done", bob.id),
+    ]
+
+
+def test_unchanged_status_records_nothing(client, team):
+    org_id, alice, *_ = team
+    task = create(client, org_id, alice)
+    client.patch(f"/api/tasks/{task['id']}", json={"status": "todo"}, headers=alice.headers)
+    events = client.get(f"/api/tasks/{task['id']}/events", headers=alice.headers).json()
+    assert [e["kind"] for e in events] == ["created"]
+
+
+def test_unknown_status_is_422_and_changes_nothing(client, team):
+    org_id, alice, *_ = team
+    task = create(client, org_id, alice)
+    response = client.patch(f"/api/tasks/{task['id']}", json={"status": "finished"}, headers=alice.headers)
+    assert response.status_code == 422
+    error = response.json()["detail"][0]
+    assert error["loc"] == ["body", "status"] and "in_progress" in error["msg"]
+    assert client.get(f"/api/tasks/{task['id']}", headers=alice.headers).json()["status"] == "todo"
+    nulled = client.patch(f"/api/tasks/{task['id']}", json={"status": None}, headers=alice.headers)
+    assert nulled.status_code == 422 and nulled.json()["detail"] == "status cannot be null"
+
+
+def test_assignee_and_watchers_must_be_members(client, team, make_user, make_org):
+    org_id, alice, *_ = team
+    outsider = make_user("outsider")
+    make_org(outsider, name="Elsewhere")
+    response = client.post(
+        f"/api/orgs/{org_id}/tasks", json={"title": "x", "assignee_id": outsider.id}, headers=alice.headers
+    )
+    assert response.status_code == 422
+    assert f"not members: [{outsider.id}]" in response.json()["detail"]
+    response = client.post(
+        f"/api/orgs/{org_id}/tasks", json={"title": "x", "watcher_ids": [outsider.id]}, headers=alice.headers
+    )
+    assert response.status_code == 422
+    task = create(client, org_id, alice)
+    patched = client.patch(
+        f"/api/tasks/{task['id']}", json={"assignee_id": outsider.id}, headers=alice.headers
+    )
+    assert patched.status_code == 422
+    watched = client.post(f"/api/tasks/{task['id']}/watchers/{outsider.id}", headers=alice.headers)
+    assert watched.status_code == 422
+    listed = client.get(f"/api/orgs/{org_id}/tasks", headers=alice.headers).json()
+    assert listed["total"] == 1
+
+
+def test_unassign_and_edit(client, team):
+    org_id, alice, bob, _ = team
+    task = create(client, org_id, alice, assignee_id=bob.id)
+    patched = client.patch(
+        f"/api/tasks/{task['id']}", json={"assignee_id": None, "title": "Fix logout"}, headers=alice.headers
+    )
+    assert patched.json()["assignee_id"] is None and patched.json()["title"] == "Fix logout"
+
+
+def test_watchers_add_and_remove(client, team):
+    org_id, alice, bob, carol = team
+    task = create(client, org_id, alice)
+    added = client.post(f"/api/tasks/{task['id']}/watchers/{bob.id}", headers=carol.headers)
+    assert added.json()["watcher_ids"] == [bob.id]
+    again = client.post(f"/api/tasks/{task['id']}/watchers/{bob.id}", headers=carol.headers)
+    assert again.json()["watcher_ids"] == [bob.id]
+    removed = client.delete(f"/api/tasks/{task['id']}/watchers/{bob.id}", headers=carol.headers)
+    assert removed.json()["watcher_ids"] == []
+    kinds = [e["kind"] for e in client.get(f"/api/tasks/{task['id']}/events", headers=alice.headers).json()]
+    assert kinds == ["created", "watcher_added", "watcher_removed"]
+
+
+def test_pagination_and_filters(client, team):
+    org_id, alice, bob, _ = team
+    ids = [
+        create(client, org_id, alice, title=f"task {n}", assignee_id=bob.id if n % 2 else None)["id"]
+        for n in range(7)
+    ]
+    client.patch(f"/api/tasks/{ids[0]}", json={"status": "done"}, headers=alice.headers)
+
+    first = client.get(f"/api/orgs/{org_id}/tasks?limit=3", headers=alice.headers).json()
+    second = client.get(f"/api/orgs/{org_id}/tasks?limit=3&offset=3", headers=alice.headers).json()
+    assert first["total"] == 7 and len(first["items"]) == 3
+    assert [t["id"] for t in first["items"] + second["items"]] == sorted(ids, reverse=True)[:6]
+
+    done = client.get(f"/api/orgs/{org_id}/tasks?status=done", headers=alice.headers).json()
+    assert [t["id"] for t in done["items"]] == [ids[0]]
+    bobs = client.get(f"/api/orgs/{org_id}/tasks?assignee_id={bob.id}", headers=alice.headers).json()
+    assert bobs["total"] == 3
+    assert client.get(f"/api/orgs/{org_id}/tasks?limit=0", headers=alice.headers).status_code == 422
+    assert client.get(f"/api/orgs/{org_id}/tasks?status=nope", headers=alice.headers).status_code == 422
+
+
+def test_other_org_tasks_are_404(client, team, make_user, make_org):
+    org_id, alice, *_ = team
+    mallory = make_user("mallory")
+    make_org(mallory, name="Evil")
+    task = create(client, org_id, alice)
+    for method, path, body in (
+        ("GET", f"/api/tasks/{task['id']}", None),
+        ("PATCH", f"/api/tasks/{task['id']}", {"status": "done"}),
+        ("GET", f"/api/tasks/{task['id']}/events", None),
+        ("POST", f"/api/tasks/{task['id']}/watchers/{mallory.id}", None),
+        ("POST", f"/api/orgs/{org_id}/tasks", {"title": "spam"}),
+    ):
+        response = client.request(method, path, json=body, headers=mallory.headers)
+        assert response.status_code == 404, (method, path)
+    assert client.get("/api/tasks/999999", headers=alice.headers).status_code == 404
+    assert client.get(f"/api/tasks/{task['id']}", headers=alice.headers).json()["status"] == "todo"
