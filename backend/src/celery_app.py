@@ -10,7 +10,12 @@ from kombu import Queue
 
 from src.config import settings
 
-app = Celery("herald", broker=settings.redis_url, backend=settings.redis_url)
+app = Celery(
+    "herald",
+    broker=settings.redis_url,
+    backend=settings.redis_url,
+    include=["src.emails.tasks.email_tasks"],
+)
 app.conf.update(
     task_serializer="json",
     result_serializer="json",
@@ -27,12 +32,27 @@ app.conf.update(
     task_ignore_result=True,
     result_expires=3600,
     broker_connection_retry_on_startup=True,
-    broker_transport_options={"visibility_timeout": settings.email_lease_seconds * 4},
+    broker_transport_options={
+        "visibility_timeout": settings.email_lease_seconds * 4,
+        "socket_connect_timeout": 2,
+        "socket_timeout": 5,
+    },
+    # Publishing happens after a commit; a Redis outage must not stall the caller for long.
+    task_publish_retry_policy={
+        "max_retries": 2,
+        "interval_start": 0,
+        "interval_step": 0.2,
+        "interval_max": 0.5,
+    },
     worker_send_task_events=True,
     task_send_sent_event=True,
-    beat_schedule={},
+    beat_schedule={
+        "process-email-queue": {
+            "task": "src.emails.tasks.email_tasks.process_email_queue",
+            "schedule": settings.email_queue_interval,
+        },
+    },
     timezone="UTC",
 )
-app.autodiscover_tasks(["src.emails", "src.notifications"], related_name="tasks")
 
 celery_app = app

@@ -22,6 +22,7 @@ class Settings(BaseSettings):
     access_token_expire_minutes: int = 60
     public_base_url: str = "http://localhost:8000"
 
+    email_backend: str = ""  # "smtp" or "console"; empty: smtp when SMTP_HOST is set
     smtp_host: str = ""
     smtp_port: int = 587
     smtp_user: str = ""
@@ -38,6 +39,8 @@ class Settings(BaseSettings):
     email_lease_seconds: int = 120
     email_backoff_base_seconds: float = 30.0
     email_backoff_max_seconds: float = 3600.0
+    email_processor_concurrency: int = 2
+    email_max_body_bytes: int = 1_000_000
 
     @model_validator(mode="after")
     def _refuse_insecure_production(self) -> "Settings":

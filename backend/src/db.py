@@ -3,7 +3,7 @@
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 
-from sqlalchemy import DateTime, Engine, create_engine, event
+from sqlalchemy import Connection, DateTime, Engine, create_engine, event
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
@@ -40,11 +40,19 @@ engine: Engine | None = None
 
 
 def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
+    # Herald issues BEGIN itself (below) instead of letting the driver guess.
+    dbapi_connection.isolation_level = None  # type: ignore[attr-defined]
     cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
+
+
+def _sqlite_begin_immediate(connection: Connection) -> None:
+    """Take SQLite's write lock up front: a read-then-write transaction racing a worker would
+    otherwise fail at once with "database is locked" instead of waiting for busy_timeout."""
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def configure_engine(url: str) -> Engine:
@@ -55,6 +63,7 @@ def configure_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "begin", _sqlite_begin_immediate)
     else:
         engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
     SessionLocal.configure(bind=engine)

@@ -2,7 +2,18 @@
 
 from src.auth.models import User
 from src.db import Base
+from src.emails.models import EmailAttempt, EmailQueue
 from src.orgs.models import Membership, Organization
 from src.tasks.models import Task, TaskEvent, task_watchers
 
-__all__ = ["Base", "Membership", "Organization", "Task", "TaskEvent", "User", "task_watchers"]
+__all__ = [
+    "Base",
+    "EmailAttempt",
+    "EmailQueue",
+    "Membership",
+    "Organization",
+    "Task",
+    "TaskEvent",
+    "User",
+    "task_watchers",
+]

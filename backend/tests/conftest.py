@@ -196,3 +196,64 @@ def make_org(client):
         return org_id
 
     return make
+
+
+@pytest.fixture(scope="session")
+def smtp_sink():
+    from src.devserver.smtp_sink import SmtpSink
+
+    sink = SmtpSink().start()
+    yield sink
+    sink.stop()
+
+
+@pytest.fixture
+def sink(smtp_sink):
+    """The SMTP sink, emptied for this test."""
+    smtp_sink.messages.clear()
+    smtp_sink.replies.clear()
+    yield smtp_sink
+    smtp_sink.replies.clear()
+
+
+@pytest.fixture
+def redis_server() -> PrivateRedis:
+    require_service("redis")
+    assert _redis is not None
+    return _redis
+
+
+WORKER_LEASE_SECONDS = 3
+
+
+@pytest.fixture(scope="session")
+def celery_worker(database_url: str, smtp_sink):
+    """A real Celery worker process on this run's Redis and the current database, mailing the sink."""
+    require_service("redis")
+    import redis
+
+    from src.devserver.celery_worker import CeleryWorker
+
+    redis.Redis.from_url(os.environ["REDIS_URL"]).flushdb()
+    env = {
+        "DATABASE_URL": database_url,
+        "SMTP_HOST": "127.0.0.1",
+        "SMTP_PORT": str(smtp_sink.port),
+        "SMTP_USE_TLS": "false",
+        "EMAIL_LEASE_SECONDS": str(WORKER_LEASE_SECONDS),
+        "EMAIL_BACKOFF_BASE_SECONDS": "0.2",
+        "EMAIL_BACKOFF_MAX_SECONDS": "0.5",
+    }
+    worker = CeleryWorker(env, RUN_DIR / "worker.log", concurrency=2).start()
+    yield worker
+    worker.stop()
+
+
+@pytest.fixture
+def worker(celery_worker, db):
+    """The shared worker, running (a test may have stopped or killed it) and idle at the end."""
+    if celery_worker.process is None:
+        celery_worker.start()
+    yield celery_worker
+    if celery_worker.process is None:
+        celery_worker.start()

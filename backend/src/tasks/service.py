@@ -6,6 +6,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from src.auth.models import User
+from src.emails.service import EmailService
 from src.errors import Invalid, NotFound
 from src.orgs.service import member_ids, require_member
 from src.tasks.models import Task, TaskEvent, TaskStatus
@@ -18,16 +19,16 @@ def _require_members(session: Session, org_id: int, user_ids: Iterable[int], rol
         raise Invalid(f"{role} must be members of the task's organization; not members: {outsiders}")
 
 
-def _record(session: Session, task: Task, actor: User, kind: str, old: object, new: object) -> None:
-    session.add(
-        TaskEvent(
-            task_id=task.id,
-            actor_id=actor.id,
-            kind=kind,
-            old_value=None if old is None else str(old),
-            new_value=None if new is None else str(new),
-        )
+def _record(session: Session, task: Task, actor: User, kind: str, old: object, new: object) -> TaskEvent:
+    event = TaskEvent(
+        task_id=task.id,
+        actor_id=actor.id,
+        kind=kind,
+        old_value=None if old is None else str(old),
+        new_value=None if new is None else str(new),
     )
+    session.add(event)
+    return event
 
 
 def audience(task: Task, actor: User) -> list[int]:
@@ -123,10 +124,21 @@ def update_task(session: Session, task_id: int, actor: User, patch: TaskPatch) -
         _record(session, task, actor, "assignee_changed", task.assignee_id, patch.assignee_id)
         task.assignee_id = patch.assignee_id
     if "status" in sent and patch.status != task.status:
-        _record(session, task, actor, "status_changed", task.status.value, patch.status.value)
-        task.status = patch.status
+        change_status(session, task, actor, patch.status)
     session.commit()
     return task
+
+
+def change_status(session: Session, task: Task, actor: User, new_status: TaskStatus) -> None:
+    """The event emails and notifications hang on: all written in the caller's transaction."""
+    old_status = task.status
+    event = _record(session, task, actor, "status_changed", old_status.value, new_status.value)
+    task.status = new_status
+    session.flush()
+    recipients = [session.get_one(User, user_id) for user_id in audience(task, actor)]
+    EmailService.queue_status_change_emails(
+        session, task, actor, recipients, old_status.value, new_status.value, event.id
+    )
 
 
 def set_watching(session: Session, task_id: int, actor: User, user_id: int, watch: bool) -> Task:

@@ -1,0 +1,155 @@
+"""Where emails go: SMTP, or the console when no SMTP_HOST is set.
+
+A backend opens a connection; a connection sends one message at a time and raises `DeliveryError`
+saying whether the failure is worth retrying. Provider backends (SendGrid, SES) plug in here by
+adding a class with `connect()` and a name in `BACKENDS`.
+"""
+
+import logging
+import smtplib
+import ssl
+from email.message import EmailMessage
+from typing import Protocol
+
+from src.config import Settings
+
+log = logging.getLogger("herald.emails")
+
+
+class DeliveryError(Exception):
+    def __init__(self, reason: str, *, permanent: bool, code: int | None = None, broken: bool = False):
+        super().__init__(reason)
+        self.reason = reason
+        self.permanent = permanent
+        self.code = code
+        self.broken = broken  # the connection is unusable; open a new one for the next message
+
+
+class Connection(Protocol):
+    def send(self, message: EmailMessage) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class EmailBackend(Protocol):
+    def connect(self) -> Connection: ...
+
+
+def _reply_text(reply: bytes | str) -> str:
+    return reply.decode(errors="replace") if isinstance(reply, bytes) else str(reply)
+
+
+class SmtpConnection:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        context = ssl.create_default_context()
+        try:
+            if settings.smtp_use_ssl:
+                self.smtp: smtplib.SMTP = smtplib.SMTP_SSL(
+                    settings.smtp_host, settings.smtp_port, timeout=settings.smtp_timeout, context=context
+                )
+            else:
+                self.smtp = smtplib.SMTP(
+                    settings.smtp_host, settings.smtp_port, timeout=settings.smtp_timeout
+                )
+            self.smtp.ehlo()
+            if settings.smtp_use_tls:
+                self.smtp.starttls(context=context)
+                self.smtp.ehlo()
+            if settings.smtp_user:
+                self.smtp.login(settings.smtp_user, settings.smtp_password)
+        except smtplib.SMTPResponseException as exc:
+            raise DeliveryError(
+                f"SMTP connect to {settings.smtp_host}:{settings.smtp_port} failed: "
+                f"{exc.smtp_code} {_reply_text(exc.smtp_error)}",
+                permanent=False,
+                code=exc.smtp_code,
+                broken=True,
+            ) from exc
+        except (OSError, smtplib.SMTPException) as exc:
+            raise DeliveryError(
+                f"SMTP connect to {settings.smtp_host}:{settings.smtp_port} failed: {exc!r}",
+                permanent=False,
+                broken=True,
+            ) from exc
+
+    def send(self, message: EmailMessage) -> None:
+        try:
+            self.smtp.send_message(message)
+        except smtplib.SMTPRecipientsRefused as exc:
+            code, reply = next(iter(exc.recipients.values()))
+            self._reset()
+            raise DeliveryError(
+                f"recipient refused: {code} {_reply_text(reply)}", permanent=code >= 500, code=code
+            ) from exc
+        except smtplib.SMTPResponseException as exc:
+            code = exc.smtp_code
+            broken = code == 421 or not self._reset()
+            raise DeliveryError(
+                f"SMTP error: {code} {_reply_text(exc.smtp_error)}",
+                permanent=code >= 500,
+                code=code,
+                broken=broken,
+            ) from exc
+        except (OSError, smtplib.SMTPException) as exc:
+            raise DeliveryError(f"SMTP connection lost: {exc!r}", permanent=False, broken=True) from exc
+
+    def _reset(self) -> bool:
+        """Make the connection ready for the next message; False when it cannot be."""
+        try:
+            self.smtp.rset()
+            return True
+        except (OSError, smtplib.SMTPException):
+            return False
+
+    def close(self) -> None:
+        try:
+            self.smtp.quit()
+        except (OSError, smtplib.SMTPException):
+            self.smtp.close()
+
+
+class SmtpBackend:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def connect(self) -> Connection:
+        return SmtpConnection(self.settings)
+
+
+class ConsoleConnection:
+    def send(self, message: EmailMessage) -> None:
+        body = message.get_body(("plain",))
+        log.info(
+            "console email to %s: %s\n%s",
+            message["To"],
+            message["Subject"],
+            body.get_content() if body else "",
+        )
+
+    def close(self) -> None:
+        pass
+
+
+class ConsoleBackend:
+    """Used when no SMTP_HOST is configured: the worker log shows what would have been sent."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def connect(self) -> Connection:
+        return ConsoleConnection()
+
+
+BACKENDS: dict[str, type[SmtpBackend] | type[ConsoleBackend]] = {
+    "smtp": SmtpBackend,
+    "console": ConsoleBackend,
+}
+
+
+def get_backend(settings: Settings) -> EmailBackend:
+    name = settings.email_backend or ("smtp" if settings.smtp_host else "console")
+    try:
+        return BACKENDS[name](settings)
+    except KeyError:
+        raise ValueError(f"unknown EMAIL_BACKEND {name!r}; choose one of {sorted(BACKENDS)}") from None

@@ -1,0 +1,26 @@
+"""Email content from Jinja2 templates: HTML autoescaped, plain text beside it."""
+
+import re
+from pathlib import Path
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+
+_env = Environment(
+    loader=FileSystemLoader(Path(__file__).parent / "templates"),
+    autoescape=select_autoescape(["html"]),
+    undefined=StrictUndefined,
+    keep_trailing_newline=True,
+)
+
+
+def one_line(value: str, limit: int = 200) -> str:
+    """User text made safe for a header: whitespace runs (CR/LF included) become one space."""
+    flat = re.sub(r"\s+", " ", value).strip()
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def render(template: str, **context: object) -> tuple[str, str]:
+    """The (text, html) bodies of `template`."""
+    text = _env.get_template(f"{template}.txt").render(**context)
+    html = _env.get_template(f"{template}.html").render(**context)
+    return text, html

@@ -1,0 +1,107 @@
+"""Validation and message building, without a worker."""
+
+import logging
+from email import message_from_bytes, policy
+
+import pytest
+from sqlalchemy import func, select
+
+from src.db import SessionLocal
+from src.emails import service
+from src.emails.models import EmailQueue, EmailStatus
+from src.emails.rendering import render
+from src.emails.service import EmailService
+from src.errors import Invalid
+
+GOOD = {"to_email": "ada@example.com", "subject": "Hello", "body_text": "Hi"}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "error"),
+    [
+        ({"to_email": "not an address"}, "invalid recipient address"),
+        ({"to_email": "ada@example.com\r\nBcc: eve@example.com"}, "invalid recipient address"),
+        ({"subject": "Hi\r\nBcc: eve@example.com"}, "subject must not contain CR or LF"),
+        ({"to_name": "Ada\nBcc: eve@example.com"}, "recipient name must not contain CR or LF"),
+        ({"subject": "   "}, "subject must not be empty"),
+        ({"body_text": "x" * 1_000_001}, "the limit is 1000000"),
+        ({"body_text": ""}, "plain-text body must not be empty"),
+    ],
+)
+def test_bad_input_is_rejected_and_stores_nothing(db, overrides, error):
+    with SessionLocal() as session:
+        with pytest.raises(Invalid, match=error):
+            EmailService.queue_email(session, **{**GOOD, **overrides})
+        session.commit()
+        assert session.scalar(select(func.count()).select_from(EmailQueue)) == 0
+
+
+def test_dedupe_key_queues_once(db):
+    with SessionLocal() as session:
+        first = EmailService.queue_email(session, **GOOD, dedupe_key="event:1:user:2")
+        second = EmailService.queue_email(session, **GOOD, dedupe_key="event:1:user:2")
+        session.commit()
+        assert first.id == second.id
+        assert session.scalar(select(func.count()).select_from(EmailQueue)) == 1
+
+
+def test_non_ascii_subject_and_name_are_encoded(db):
+    with SessionLocal() as session:
+        email = EmailService.queue_email(
+            session,
+            to_email="zoe@example.com",
+            to_name="Zoë Ümlaut",
+            subject="Größe → ✓ 完成",
+            body_text="Grüße",
+        )
+        session.commit()
+    raw = service.build_message(email).as_bytes(policy=policy.SMTP)
+    raw.decode("ascii")  # every header and body line is 7-bit on the wire
+    parsed = message_from_bytes(raw, policy=policy.default)
+    assert parsed["Subject"] == "Größe → ✓ 完成"
+    assert parsed["To"].addresses[0].display_name == "Zoë Ümlaut"
+    assert parsed.get_body(("plain",)).get_content().strip() == "Grüße"
+
+
+def test_templates_autoescape_html_only():
+    text, html = render(
+        "task_status_changed",
+        recipient_name="<b>Ada</b>",
+        actor_name="Bob",
+        task_title="<script>x</script>",
+        old_status="todo",
+        new_status="done",
+        task_url="http://h/api/tasks/1",
+        org_name="Acme & Co",
+    )
+    assert "&lt;script&gt;" in html and "<script>" not in html and "Acme &amp; Co" in html
+    assert "<script>x</script>" in text
+
+
+def test_console_backend_when_no_smtp_host(db, monkeypatch, caplog):
+    monkeypatch.setattr(service.settings, "smtp_host", "")
+    with SessionLocal() as session:
+        EmailService.queue_email(session, **GOOD)
+        session.info.pop("after_commit")
+        session.commit()
+    with caplog.at_level(logging.INFO, logger="herald.emails"):
+        assert service.deliver().sent == 1
+    assert "console email to ada@example.com: Hello" in caplog.text
+    with SessionLocal() as session:
+        assert session.scalar(select(EmailQueue.status)) == EmailStatus.sent
+
+
+def test_unreachable_smtp_counts_one_attempt_and_releases_the_rest(db, monkeypatch):
+    monkeypatch.setattr(service.settings, "smtp_host", "127.0.0.1")
+    monkeypatch.setattr(service.settings, "smtp_port", 1)  # nothing listens there
+    with SessionLocal() as session:
+        for n in range(3):
+            EmailService.queue_email(session, **{**GOOD, "subject": f"Hello {n}"})
+        session.info.pop("after_commit")
+        session.commit()
+    assert service.deliver().sent == 0
+    with SessionLocal() as session:
+        emails = list(session.scalars(select(EmailQueue).order_by(EmailQueue.id)))
+    assert [e.attempts for e in emails] == [1, 0, 0]
+    assert all(e.status == EmailStatus.pending for e in emails)
+    assert "SMTP connect to 127.0.0.1:1 failed" in emails[0].last_error

@@ -1,0 +1,203 @@
+"""The email pipeline against a real worker process, a real Redis, a real SMTP sink, on both databases."""
+
+import time
+from collections import Counter
+
+import pytest
+from sqlalchemy import select
+
+from src.db import SessionLocal
+from src.emails.models import EmailAttempt, EmailQueue, EmailStatus
+from src.emails.service import EmailService
+from src.emails.tasks.email_tasks import process_email_queue
+from tests.conftest import WORKER_LEASE_SECONDS
+
+
+def wait_until(condition, timeout=20.0, interval=0.05, message="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+
+
+def rows():
+    with SessionLocal() as session:
+        return list(session.scalars(select(EmailQueue).order_by(EmailQueue.id)))
+
+
+def attempts_of(email_id):
+    with SessionLocal() as session:
+        return [
+            (a.outcome, a.smtp_code)
+            for a in session.scalars(
+                select(EmailAttempt).where(EmailAttempt.email_id == email_id).order_by(EmailAttempt.id)
+            )
+        ]
+
+
+def all_status(status, count):
+    current = rows()
+    return len(current) == count and all(r.status == status for r in current)
+
+
+def queue(count, publish=True, **overrides):
+    """Queue `count` emails through the service; without `publish`, no wake-up reaches Redis."""
+    with SessionLocal() as session:
+        emails = [
+            EmailService.queue_email(
+                session,
+                to_email=f"user{n}@example.com",
+                subject=f"Message {n}",
+                body_text=f"Body {n}",
+                **overrides,
+            )
+            for n in range(count)
+        ]
+        if not publish:
+            session.info.pop("after_commit")
+        session.commit()
+    return [e.id for e in emails]
+
+
+def kick_processor(timeout=30.0):
+    """Publish the beat job, retrying while the broker is still coming back."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            process_email_queue.delay()
+            return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+@pytest.fixture
+def team(client, make_user, make_org):
+    alice, bob, carol, dave = (make_user(n) for n in ("alice", "bob", "carol", "dave"))
+    org_id = make_org(alice, bob, carol, dave)
+    task = client.post(
+        f"/api/orgs/{org_id}/tasks",
+        json={"title": "Fix <login>", "assignee_id": bob.id, "watcher_ids": [carol.id]},
+        headers=alice.headers,
+    ).json()
+    return task, alice, bob, carol, dave
+
+
+def test_status_change_emails_each_recipient_once(client, team, worker, sink):
+    task, alice, bob, carol, _dave = team
+    response = client.patch(f"/api/tasks/{task['id']}", json={"status": "in_progress"}, headers=bob.headers)
+    assert response.status_code == 200
+
+    wait_until(lambda: all_status(EmailStatus.sent, 2), message="both emails sent")
+    time.sleep(0.3)
+    assert sorted(m.rcpt_tos[0] for m in sink.messages) == [alice.email, carol.email]
+    by_recipient = {r.to_email: r for r in rows()}
+    for mail in sink.messages:
+        message = mail.message
+        row = by_recipient[mail.rcpt_tos[0]]
+        assert message["To"].addresses[0].addr_spec == row.to_email
+        assert message["From"].addresses[0].addr_spec == "noreply@herald.local"
+        assert message["Subject"] == "[Acme] Fix <login>: todo → in_progress"
+        assert message["Message-ID"] == row.message_id
+        assert message.get_content_type() == "multipart/alternative"
+        text = message.get_body(("plain",)).get_content()
+        html = message.get_body(("html",)).get_content()
+        assert 'Bob moved "Fix <login>" from todo to in_progress' in text
+        assert "Fix &lt;login&gt;" in html and "<login>" not in html
+        assert f"/api/tasks/{task['id']}" in html
+        assert row.attempts == 1 and attempts_of(row.id) == [("sent", 250)]
+
+
+def test_redis_outage_delays_but_loses_nothing(client, team, worker, sink, redis_server):
+    task, alice, bob, carol, _dave = team
+    redis_server.stop()
+    try:
+        started = time.monotonic()
+        response = client.patch(f"/api/tasks/{task['id']}", json={"status": "done"}, headers=bob.headers)
+        assert response.status_code == 200
+        assert time.monotonic() - started < 10
+        assert [r.status for r in rows()] == [EmailStatus.pending, EmailStatus.pending]
+    finally:
+        redis_server.start()
+    kick_processor()
+    wait_until(
+        lambda: all_status(EmailStatus.sent, 2), timeout=60, message="emails sent after Redis returned"
+    )
+    time.sleep(0.5)
+    assert sorted(m.rcpt_tos[0] for m in sink.messages) == [alice.email, carol.email]
+
+
+def test_wakeups_and_two_processors_race_on_200_emails(worker, sink):
+    worker.stop()
+    ids = queue(200)  # 200 send_email_async wake-ups now wait in Redis
+    process_email_queue.delay()
+    process_email_queue.delay()
+    worker.start()  # every wake-up and both processors start together
+    wait_until(lambda: all_status(EmailStatus.sent, 200), timeout=60, message="200 emails sent")
+    time.sleep(0.5)
+    counts = Counter(m.message["Message-ID"] for m in sink.messages)
+    assert len(counts) == 200 and max(counts.values()) == 1
+    assert all(r.attempts == 1 for r in rows()) and len(ids) == 200
+
+
+def test_sigkill_mid_batch_loses_nothing_and_duplicates_at_most_one_per_process(worker, sink):
+    worker.stop()
+    queue(500, publish=False)
+    worker.start()
+    kick_processor()
+    wait_until(lambda: len(sink.messages) >= 60, message="the batch to be under way")
+    worker.kill()
+    delivered_before_kill = len(sink.messages)
+    assert delivered_before_kill < 500, "the batch finished before the kill; nothing was tested"
+
+    time.sleep(WORKER_LEASE_SECONDS + 0.5)  # the killed claims expire
+    worker.start()
+    kick_processor()
+    wait_until(lambda: all_status(EmailStatus.sent, 500), timeout=90, message="all 500 sent after restart")
+    time.sleep(0.5)
+    counts = Counter(m.message["Message-ID"] for m in sink.messages)
+    duplicates = sum(n - 1 for n in counts.values())
+    print(f"killed after {delivered_before_kill}/500 delivered; {duplicates} duplicate(s) after restart")
+    assert len(counts) == 500
+    assert duplicates <= worker.concurrency, (
+        f"{duplicates} duplicates for {worker.concurrency} killed processes"
+    )
+
+
+def test_transient_421_is_retried_then_sent(worker, sink):
+    sink.replies.append("421 4.3.2 Service not available, try later")
+    [email_id] = queue(1)
+    wait_until(lambda: attempts_of(email_id), message="the first attempt")
+    assert rows()[0].status in (EmailStatus.pending, EmailStatus.sending, EmailStatus.sent)
+    wait_until(
+        lambda: kick_processor() or rows()[0].status == EmailStatus.sent, interval=0.5, message="retry"
+    )
+    assert attempts_of(email_id) == [("transient", 421), ("sent", 250)]
+    assert rows()[0].attempts == 2 and len(sink.messages) == 1
+
+
+def test_permanent_550_fails_at_once_with_reason(worker, sink):
+    sink.replies.append("550 5.1.1 No such user here")
+    [email_id] = queue(1)
+    wait_until(lambda: rows()[0].status == EmailStatus.failed, message="failed")
+    kick_processor()
+    time.sleep(1.5)
+    row = rows()[0]
+    assert row.status == EmailStatus.failed and row.attempts == 1
+    assert "550" in row.last_error and "No such user" in row.last_error
+    assert attempts_of(email_id) == [("permanent", 550)]
+    assert sink.messages == []
+
+
+def test_attempts_run_out_then_failed(worker, sink):
+    sink.replies.extend(["451 4.7.1 greylisted"] * 3)
+    [email_id] = queue(1, max_attempts=3)
+    wait_until(
+        lambda: kick_processor() or rows()[0].status == EmailStatus.failed, interval=0.5, message="failed"
+    )
+    assert [a[1] for a in attempts_of(email_id)] == [451, 451, 451]
+    assert "451" in rows()[0].last_error and sink.messages == []
