@@ -26,3 +26,6 @@ test: $(VENV)/.dev
 
 lint: $(VENV)/.dev
 	cd backend && .venv/bin/ruff check . && .venv/bin/ruff format --check .
+
+bench-email: $(VENV)/.dev
+	cd backend && .venv/bin/python -m benchmarks.email_pipeline $(if $(N),--n $(N)) $(if $(DB),--database $(DB))

@@ -7,24 +7,19 @@ With CI=true a missing PostgreSQL or Redis fails the run; elsewhere the tests ne
 
 import os
 import tempfile
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
-from sqlalchemy.engine import URL, make_url
 
+from src.devserver.databases import DEFAULT_PG_ADMIN_URL, create_pg_database, drop_pg_database, migrate
 from src.devserver.redis_server import PrivateRedis
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 RUN_DIR = Path(tempfile.mkdtemp(prefix="herald-tests-"))
-PG_ADMIN = make_url(os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"))
-
-
-def libpq_url(url: URL) -> str:
-    return url.set(drivername="postgresql").render_as_string(hide_password=False)
-
+PG_ADMIN_URL = os.environ.get("TEST_DATABASE_URL", DEFAULT_PG_ADMIN_URL)
+SQLITE_URL = f"sqlite:///{RUN_DIR / 'herald.db'}"
 
 _problems: dict[str, str] = {}
 
@@ -36,26 +31,12 @@ except Exception as exc:  # any failure to start means: no Redis for this run
     _problems["redis"] = f"cannot start a private redis-server: {exc}"
     os.environ["REDIS_URL"] = "redis://127.0.0.1:1/0"
 
+try:
+    PG_URL = create_pg_database(PG_ADMIN_URL)
+except psycopg.Error as exc:
+    PG_URL = ""
+    _problems["postgresql"] = f"cannot create a PostgreSQL database via {PG_ADMIN_URL}: {exc}"
 
-def _create_pg_database() -> str | None:
-    name = f"herald_test_{uuid.uuid4().hex[:10]}"
-    try:
-        with psycopg.connect(libpq_url(PG_ADMIN), autocommit=True, connect_timeout=5) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-    except psycopg.Error as exc:
-        where = PG_ADMIN.render_as_string(hide_password=True)
-        _problems["postgresql"] = f"cannot create a PostgreSQL database via {where}: {exc}"
-        return None
-    return name
-
-
-PG_DB_NAME = _create_pg_database()
-SQLITE_URL = f"sqlite:///{RUN_DIR / 'herald.db'}"
-PG_URL = (
-    PG_ADMIN.set(drivername="postgresql+psycopg", database=PG_DB_NAME).render_as_string(hide_password=False)
-    if PG_DB_NAME
-    else ""
-)
 os.environ["DATABASE_URL"] = SQLITE_URL
 os.environ.setdefault("EMAIL_QUEUE_INTERVAL", "1")
 
@@ -76,19 +57,8 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 def pytest_unconfigure(config: pytest.Config) -> None:
     if _redis is not None:
         _redis.stop()
-    if PG_DB_NAME:
-        with psycopg.connect(libpq_url(PG_ADMIN), autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{PG_DB_NAME}" WITH (FORCE)')
-
-
-def migrate(url: str, revision: str = "head", direction: str = "upgrade") -> None:
-    from alembic import command
-    from alembic.config import Config
-
-    config = Config(str(Path(__file__).resolve().parent.parent / "alembic.ini"))
-    config.set_main_option("sqlalchemy.url", url)
-    config.attributes["configure_logger"] = False
-    getattr(command, direction)(config, revision)
+    if PG_URL:
+        drop_pg_database(PG_URL)
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])

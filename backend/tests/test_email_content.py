@@ -55,7 +55,7 @@ def test_non_ascii_subject_and_name_are_encoded(db):
             body_text="Grüße",
         )
         session.commit()
-    raw = service.build_message(email).as_bytes(policy=policy.SMTP)
+    raw = email.mime.encode()
     raw.decode("ascii")  # every header and body line is 7-bit on the wire
     parsed = message_from_bytes(raw, policy=policy.default)
     assert parsed["Subject"] == "Größe → ✓ 完成"
@@ -81,8 +81,7 @@ def test_templates_autoescape_html_only():
 def test_console_backend_when_no_smtp_host(db, monkeypatch, caplog):
     monkeypatch.setattr(service.settings, "smtp_host", "")
     with SessionLocal() as session:
-        EmailService.queue_email(session, **GOOD)
-        session.info.pop("after_commit")
+        EmailService.queue_email(session, **GOOD, wake_worker=False)
         session.commit()
     with caplog.at_level(logging.INFO, logger="herald.emails"):
         assert service.deliver().sent == 1
@@ -96,8 +95,7 @@ def test_unreachable_smtp_counts_one_attempt_and_releases_the_rest(db, monkeypat
     monkeypatch.setattr(service.settings, "smtp_port", 1)  # nothing listens there
     with SessionLocal() as session:
         for n in range(3):
-            EmailService.queue_email(session, **{**GOOD, "subject": f"Hello {n}"})
-        session.info.pop("after_commit")
+            EmailService.queue_email(session, **{**GOOD, "subject": f"Hello {n}"}, wake_worker=False)
         session.commit()
     assert service.deliver().sent == 0
     with SessionLocal() as session:

@@ -52,12 +52,11 @@ def queue(count, publish=True, **overrides):
                 to_email=f"user{n}@example.com",
                 subject=f"Message {n}",
                 body_text=f"Body {n}",
+                wake_worker=publish,
                 **overrides,
             )
             for n in range(count)
         ]
-        if not publish:
-            session.info.pop("after_commit")
         session.commit()
     return [e.id for e in emails]
 

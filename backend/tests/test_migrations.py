@@ -1,10 +1,10 @@
 import uuid
 
-import psycopg
 import pytest
 from sqlalchemy import create_engine, inspect
 
-from tests.conftest import PG_ADMIN, RUN_DIR, libpq_url, migrate, require_service
+from src.devserver.databases import create_pg_database, drop_pg_database, migrate
+from tests.conftest import PG_ADMIN_URL, RUN_DIR, require_service
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -13,12 +13,9 @@ def empty_database(request):
         yield f"sqlite:///{RUN_DIR / f'migrations-{uuid.uuid4().hex}.db'}"
         return
     require_service("postgresql")
-    name = f"herald_mig_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(libpq_url(PG_ADMIN), autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield PG_ADMIN.set(drivername="postgresql+psycopg", database=name).render_as_string(hide_password=False)
-    with psycopg.connect(libpq_url(PG_ADMIN), autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    url = create_pg_database(PG_ADMIN_URL, prefix="herald_mig")
+    yield url
+    drop_pg_database(url)
 
 
 def tables(url):

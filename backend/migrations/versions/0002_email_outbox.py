@@ -28,8 +28,7 @@ def upgrade() -> None:
         sa.Column("to_email", sa.String(length=320), nullable=False),
         sa.Column("to_name", sa.String(length=200), nullable=False),
         sa.Column("subject", sa.String(length=998), nullable=False),
-        sa.Column("body_text", sa.Text(), nullable=False),
-        sa.Column("body_html", sa.Text(), nullable=True),
+        sa.Column("mime", sa.Text(), nullable=False),
         sa.Column("message_id", sa.String(length=255), nullable=False),
         sa.Column("dedupe_key", sa.String(length=255), nullable=True),
         sa.Column(

@@ -1,5 +1,6 @@
 """A real `celery worker` child process, for the tests and benchmarks: start, stop, or SIGKILL it."""
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -29,7 +30,11 @@ class CeleryWorker:
         ]  # fmt: skip
         with self.logfile.open("ab") as log:
             self.process = subprocess.Popen(
-                command, cwd=BACKEND_DIR, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                command,
+                cwd=BACKEND_DIR,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
         deadline = time.monotonic() + timeout
@@ -46,10 +51,8 @@ class CeleryWorker:
 
     def _signal_group(self, signum: int) -> None:
         if self.process is not None and self.process.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signum)
-            except ProcessLookupError:
-                pass
 
     def stop(self, timeout: float = 20.0) -> None:
         """Warm shutdown: the worker finishes what it is doing."""

@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import json
 import logging
+import re
 import threading
 import time
 from collections import deque
@@ -23,6 +24,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from src.devserver.redis_server import free_port
 
 log = logging.getLogger("herald.smtp_sink")
+_MESSAGE_ID = re.compile(rb"^Message-ID:[ \t]*(\S+)", re.IGNORECASE | re.MULTILINE)
 
 
 @dataclass
@@ -55,12 +57,13 @@ class RecordingHandler:
         with self._lock:
             self.messages.append(mail)
             count = len(self.messages)
-        headers = message_from_bytes(raw.split(b"\r\n\r\n", 1)[0], policy=policy.default)
         if self.maildir:
             (self.maildir / f"{int(mail.received_at * 1000)}-{count:06d}.eml").write_bytes(raw)
-            log.info("mail to %s: %s", ", ".join(mail.rcpt_tos), headers["Subject"])
+            log.info("mail to %s: %s", ", ".join(mail.rcpt_tos), mail.message["Subject"])
         if self.journal:
-            record = {"message_id": headers["Message-ID"], "to": mail.rcpt_tos, "at": mail.received_at}
+            found = _MESSAGE_ID.search(raw)
+            message_id = found.group(1).decode() if found else None
+            record = {"message_id": message_id, "to": mail.rcpt_tos, "at": mail.received_at}
             self.journal.write(json.dumps(record) + "\n")
         return "250 Message accepted for delivery"
 

@@ -5,10 +5,11 @@ saying whether the failure is worth retrying. Provider backends (SendGrid, SES) 
 adding a class with `connect()` and a name in `BACKENDS`.
 """
 
+import functools
 import logging
 import smtplib
 import ssl
-from email.message import EmailMessage
+from email import message_from_bytes, policy
 from typing import Protocol
 
 from src.config import Settings
@@ -26,7 +27,7 @@ class DeliveryError(Exception):
 
 
 class Connection(Protocol):
-    def send(self, message: EmailMessage) -> None: ...
+    def send(self, sender: str, recipient: str, message: bytes) -> None: ...
 
     def close(self) -> None: ...
 
@@ -39,14 +40,22 @@ def _reply_text(reply: bytes | str) -> str:
     return reply.decode(errors="replace") if isinstance(reply, bytes) else str(reply)
 
 
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """Loading the CA bundle takes tens of milliseconds: once per process, not per connection."""
+    return ssl.create_default_context()
+
+
 class SmtpConnection:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        context = ssl.create_default_context()
         try:
             if settings.smtp_use_ssl:
                 self.smtp: smtplib.SMTP = smtplib.SMTP_SSL(
-                    settings.smtp_host, settings.smtp_port, timeout=settings.smtp_timeout, context=context
+                    settings.smtp_host,
+                    settings.smtp_port,
+                    timeout=settings.smtp_timeout,
+                    context=_tls_context(),
                 )
             else:
                 self.smtp = smtplib.SMTP(
@@ -54,7 +63,7 @@ class SmtpConnection:
                 )
             self.smtp.ehlo()
             if settings.smtp_use_tls:
-                self.smtp.starttls(context=context)
+                self.smtp.starttls(context=_tls_context())
                 self.smtp.ehlo()
             if settings.smtp_user:
                 self.smtp.login(settings.smtp_user, settings.smtp_password)
@@ -73,9 +82,9 @@ class SmtpConnection:
                 broken=True,
             ) from exc
 
-    def send(self, message: EmailMessage) -> None:
+    def send(self, sender: str, recipient: str, message: bytes) -> None:
         try:
-            self.smtp.send_message(message)
+            self.smtp.sendmail(sender, [recipient], message)
         except smtplib.SMTPRecipientsRefused as exc:
             code, reply = next(iter(exc.recipients.values()))
             self._reset()
@@ -118,14 +127,11 @@ class SmtpBackend:
 
 
 class ConsoleConnection:
-    def send(self, message: EmailMessage) -> None:
-        body = message.get_body(("plain",))
-        log.info(
-            "console email to %s: %s\n%s",
-            message["To"],
-            message["Subject"],
-            body.get_content() if body else "",
-        )
+    def send(self, sender: str, recipient: str, message: bytes) -> None:
+        parsed = message_from_bytes(message, policy=policy.default)
+        body = parsed.get_body(("plain",))
+        text = body.get_content() if body else ""  # type: ignore[attr-defined]
+        log.info("console email to %s: %s\n%s", recipient, parsed["Subject"], text)
 
     def close(self) -> None:
         pass

@@ -30,8 +30,7 @@ class EmailQueue(Base):
     to_email: Mapped[str] = mapped_column(String(320))
     to_name: Mapped[str] = mapped_column(String(200), default="")
     subject: Mapped[str] = mapped_column(String(998))
-    body_text: Mapped[str] = mapped_column(Text)
-    body_html: Mapped[str | None] = mapped_column(Text)
+    mime: Mapped[str] = mapped_column(Text)  # the whole message, as sent: see compose_message()
     message_id: Mapped[str] = mapped_column(String(255), unique=True)
     dedupe_key: Mapped[str | None] = mapped_column(String(255), unique=True)
     status: Mapped[EmailStatus] = mapped_column(

@@ -1,0 +1,62 @@
+"""What every benchmark sets up: a private Redis, a fresh database, the SMTP sink in its own process.
+
+Environment variables are set before `src` settings are read, so import `src` only after `prepare()`.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+from src.devserver.databases import DEFAULT_PG_ADMIN_URL, create_pg_database, drop_pg_database, migrate
+from src.devserver.redis_server import PrivateRedis, free_port
+
+BACKEND_DIR = Path(__file__).resolve().parent.parent
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
+
+
+def prepare(stack: ExitStack, database: str) -> tuple[Path, str]:
+    """Private Redis and a migrated database; returns (work dir, database URL)."""
+    workdir = Path(tempfile.mkdtemp(prefix="herald-bench-"))
+    redis = PrivateRedis(workdir=str(workdir)).start()
+    stack.callback(redis.stop)
+    if database == "postgresql":
+        url = create_pg_database(os.environ.get("BENCH_DATABASE_URL", DEFAULT_PG_ADMIN_URL), "herald_bench")
+        stack.callback(drop_pg_database, url)
+    else:
+        url = f"sqlite:///{workdir / 'bench.db'}"
+    os.environ.update(REDIS_URL=redis.url, DATABASE_URL=url)
+    migrate(url)
+    return workdir, url
+
+
+def start_sink(stack: ExitStack, workdir: Path) -> tuple[int, Path]:
+    """The SMTP sink as its own process (as a real mail server would be); returns (port, journal)."""
+    port = free_port()
+    journal = workdir / "sink.jsonl"
+    journal.touch()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "src.devserver.smtp_sink", "--port", str(port), "--journal", str(journal)],
+        cwd=BACKEND_DIR,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    stack.callback(process.wait)
+    stack.callback(process.terminate)
+    time.sleep(1.0)
+    return port, journal
+
+
+def read_journal(journal: Path) -> list[dict]:
+    with journal.open() as lines:
+        return [json.loads(line) for line in lines if line.strip()]

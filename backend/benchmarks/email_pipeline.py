@@ -1,0 +1,143 @@
+"""`make bench-email`: end-to-end email throughput and latency, outbox to SMTP sink, exactly-once checked.
+
+Queues N emails straight into the outbox, then lets real Celery worker processes deliver them to an
+aiosmtpd sink running in its own process, three ways:
+- batched: the queue processor claims batches and sends each over one reused SMTP connection;
+- wakeups: every email also publishes its `send_email_async` wake-up, as the API does;
+- unbatched: one `send_email_task` per email, one SMTP connection each (what batching saves).
+Every run checks each queued Message-ID arrived exactly once. The last line printed is one JSON object.
+"""
+
+import argparse
+import json
+import time
+from contextlib import ExitStack
+
+from benchmarks.common import percentile, prepare, read_journal, start_sink
+
+CHUNK = 500
+BEAT_SECONDS = 10
+
+
+def run(n: int, database: str, workers: int) -> dict:
+    with ExitStack() as stack:
+        workdir, url = prepare(stack, database)
+        port, journal = start_sink(stack, workdir)
+        worker_env = {
+            "DATABASE_URL": url, "SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(port),
+            "SMTP_USE_TLS": "false", "EMAIL_PROCESSOR_CONCURRENCY": str(workers),
+        }  # fmt: skip
+
+        from sqlalchemy import delete, select
+
+        from src.celery_app import app
+        from src.db import SessionLocal
+        from src.devserver.celery_worker import CeleryWorker
+        from src.emails.models import EmailAttempt, EmailQueue, EmailStatus
+        from src.emails.service import EmailService
+        from src.emails.tasks.email_tasks import process_email_queue, send_email_task
+
+        worker = CeleryWorker(worker_env, workdir / "worker.log", concurrency=workers).start()
+        stack.callback(worker.stop)
+
+        def queue_all(wake: bool) -> tuple[dict[str, float], list[int]]:
+            created, ids = {}, []
+            for start in range(0, n, CHUNK):
+                with SessionLocal() as session:
+                    emails = [
+                        EmailService.queue_email(
+                            session, to_email=f"user{i}@example.com", to_name=f"User {i}",
+                            subject=f"Benchmark message {i}", body_text=f"Hello {i}\n" * 5,
+                            body_html=f"<p>Hello {i}</p>" * 5, wake_worker=wake,
+                        )
+                        for i in range(start, min(n, start + CHUNK))
+                    ]  # fmt: skip
+                    session.commit()
+                    for email in emails:
+                        created[email.message_id] = email.created_at.timestamp()
+                        ids.append(email.id)
+            return created, ids
+
+        def measure(mode: str) -> dict:
+            app.control.purge()  # no task of an earlier run may help this one
+            with SessionLocal() as session:
+                session.execute(delete(EmailAttempt))
+                session.execute(delete(EmailQueue))
+                session.commit()
+            journal.write_text("")
+            started = time.time()
+            created, ids = queue_all(wake=mode == "wakeups")
+            queued = time.time()
+            if mode == "unbatched":
+                for email_id in ids:
+                    send_email_task.delay(email_id)
+            else:
+                process_email_queue.delay()
+            deadline = time.time() + max(120, n / 20)
+            next_beat = time.time() + BEAT_SECONDS
+            while time.time() < deadline:
+                with SessionLocal() as session:
+                    left = session.scalar(
+                        select(EmailQueue.id).where(EmailQueue.status != EmailStatus.sent).limit(1)
+                    )
+                if left is None:
+                    break
+                if mode != "unbatched" and time.time() > next_beat:
+                    process_email_queue.delay()  # what beat does
+                    next_beat += BEAT_SECONDS
+                time.sleep(0.2)
+            time.sleep(0.5)
+            received = read_journal(journal)
+            seen: dict[str, int] = {}
+            for record in received:
+                seen[record["message_id"]] = seen.get(record["message_id"], 0) + 1
+            delivered = sum(1 for message_id in created if message_id in seen)
+            last = max((r["at"] for r in received), default=queued)
+            first_start = queued if mode != "wakeups" else started
+            latencies = [
+                (r["at"] - created[r["message_id"]]) * 1000 for r in received if r["message_id"] in created
+            ]
+            return {
+                "emails_per_s": round(delivered / max(last - first_start, 1e-9), 1),
+                "p50_ms": round(percentile(latencies, 0.5), 1),
+                "p99_ms": round(percentile(latencies, 0.99), 1),
+                "delivered": delivered,
+                "duplicates": sum(count - 1 for count in seen.values()),
+                "lost": n - delivered,
+                "queue_s": round(queued - started, 2),
+            }
+
+        batched = measure("batched")
+        print("batched:", json.dumps(batched), flush=True)
+        wakeups = measure("wakeups")
+        print("wakeups:", json.dumps(wakeups), flush=True)
+        unbatched = measure("unbatched")
+        print("unbatched:", json.dumps(unbatched), flush=True)
+        return {
+            **{k: v for k, v in batched.items() if k != "queue_s"},
+            "n": n,
+            "database": database,
+            "worker_processes": workers,
+            "wakeup_emails_per_s": wakeups["emails_per_s"],
+            "wakeup_p50_ms": wakeups["p50_ms"],
+            "wakeup_p99_ms": wakeups["p99_ms"],
+            "unbatched_emails_per_s": unbatched["emails_per_s"],
+            "unbatched_p50_ms": unbatched["p50_ms"],
+            "unbatched_p99_ms": unbatched["p99_ms"],
+            "exactly_once": all(
+                m["duplicates"] == 0 and m["lost"] == 0 for m in (batched, wakeups, unbatched)
+            ),
+        }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=5000, help="emails per run (default 5000)")
+    parser.add_argument("--database", choices=["postgresql", "sqlite"], default="postgresql")
+    parser.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+    args = parser.parse_args()
+    print(json.dumps(run(args.n, args.database, args.workers)))
+
+
+if __name__ == "__main__":
+    main()
