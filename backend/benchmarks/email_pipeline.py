@@ -32,7 +32,7 @@ def run(n: int, database: str, workers: int) -> dict:
 
         from src.celery_app import app
         from src.db import SessionLocal
-        from src.devserver.celery_worker import CeleryWorker
+        from src.devserver.processes import CeleryWorker
         from src.emails.models import EmailAttempt, EmailQueue, EmailStatus
         from src.emails.service import EmailService
         from src.emails.tasks.email_tasks import process_email_queue, send_email_task

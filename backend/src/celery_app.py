@@ -14,7 +14,7 @@ app = Celery(
     "herald",
     broker=settings.redis_url,
     backend=settings.redis_url,
-    include=["src.emails.tasks.email_tasks"],
+    include=["src.emails.tasks.email_tasks", "src.notifications.tasks.notification_tasks"],
 )
 app.conf.update(
     task_serializer="json",
@@ -50,6 +50,10 @@ app.conf.update(
         "process-email-queue": {
             "task": "src.emails.tasks.email_tasks.process_email_queue",
             "schedule": settings.email_queue_interval,
+        },
+        "publish-notifications": {
+            "task": "src.notifications.tasks.notification_tasks.publish_notifications",
+            "schedule": settings.notification_publish_interval,
         },
     },
     timezone="UTC",

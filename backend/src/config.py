@@ -33,6 +33,11 @@ class Settings(BaseSettings):
     smtp_use_ssl: bool = False
     smtp_timeout: float = 10.0
 
+    notification_publish_interval: float = 5.0
+    live_ping_seconds: float = 15.0
+    live_send_timeout: float = 5.0
+    stream_token_seconds: int = 60
+
     email_queue_interval: float = 60.0
     email_batch_size: int = 100
     email_max_attempts: int = 5

@@ -87,13 +87,14 @@ def db(database_url: str) -> Iterator[str]:
 
     yield database_url
     assert herald_db.engine is not None
-    tables = [t.name for t in Base.metadata.sorted_tables]
+    tables = [t.name for t in Base.metadata.sorted_tables if t.name != "notification_sequence"]
     with herald_db.engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             conn.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
         else:
             for name in reversed(tables):
                 conn.execute(text(f"DELETE FROM {name}"))
+        conn.execute(text("UPDATE notification_sequence SET last_seq = 0"))
 
 
 @pytest.fixture
@@ -202,7 +203,7 @@ def celery_worker(database_url: str, smtp_sink):
     require_service("redis")
     import redis
 
-    from src.devserver.celery_worker import CeleryWorker
+    from src.devserver.processes import CeleryWorker
 
     redis.Redis.from_url(os.environ["REDIS_URL"]).flushdb()
     env = {

@@ -113,6 +113,7 @@ def main() -> None:
     parser.add_argument("--journal", type=Path, help="append one JSON line per message here")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd's per-connection chatter
     handler = RecordingHandler(args.maildir, args.journal)
     controller = Controller(handler, hostname=args.host, port=args.port)
     controller.start()

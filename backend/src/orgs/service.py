@@ -100,3 +100,7 @@ def remove_member(session: Session, org_id: int, actor: User, user_id: int) -> N
 
 def member_ids(session: Session, org_id: int) -> set[int]:
     return set(session.scalars(select(Membership.user_id).where(Membership.org_id == org_id)))
+
+
+def member_org_ids(session: Session, user_id: int) -> set[int]:
+    return set(session.scalars(select(Membership.org_id).where(Membership.user_id == user_id)))

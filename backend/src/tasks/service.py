@@ -8,6 +8,7 @@ from sqlalchemy.orm import Session
 from src.auth.models import User
 from src.emails.service import EmailService
 from src.errors import Invalid, NotFound
+from src.notifications.service import NotificationService
 from src.orgs.service import member_ids, require_member
 from src.tasks.models import Task, TaskEvent, TaskStatus
 from src.tasks.schemas import TaskPatch
@@ -66,6 +67,7 @@ def create_task(
     _record(session, task, actor, "created", None, task.title)
     if assignee_id is not None:
         _record(session, task, actor, "assignee_changed", None, assignee_id)
+        _notify_assignee(session, task, actor)
     session.commit()
     return task
 
@@ -123,6 +125,7 @@ def update_task(session: Session, task_id: int, actor: User, patch: TaskPatch) -
     if "assignee_id" in sent and patch.assignee_id != task.assignee_id:
         _record(session, task, actor, "assignee_changed", task.assignee_id, patch.assignee_id)
         task.assignee_id = patch.assignee_id
+        _notify_assignee(session, task, actor)
     if "status" in sent and patch.status != task.status:
         change_status(session, task, actor, patch.status)
     session.commit()
@@ -135,10 +138,36 @@ def change_status(session: Session, task: Task, actor: User, new_status: TaskSta
     event = _record(session, task, actor, "status_changed", old_status.value, new_status.value)
     task.status = new_status
     session.flush()
-    recipients = [session.get_one(User, user_id) for user_id in audience(task, actor)]
+    recipient_ids = audience(task, actor)
+    recipients = [session.get_one(User, user_id) for user_id in recipient_ids]
     EmailService.queue_status_change_emails(
         session, task, actor, recipients, old_status.value, new_status.value, event.id
     )
+    NotificationService.notify(
+        session,
+        task.org_id,
+        recipient_ids,
+        "task.status_changed",
+        f"{actor.name} moved “{task.title}” to {new_status.value}",
+        data={
+            "task_id": task.id,
+            "old_status": old_status.value,
+            "new_status": new_status.value,
+            "actor_id": actor.id,
+        },
+    )
+
+
+def _notify_assignee(session: Session, task: Task, actor: User) -> None:
+    if task.assignee_id is not None and task.assignee_id != actor.id:
+        NotificationService.notify(
+            session,
+            task.org_id,
+            [task.assignee_id],
+            "task.assigned",
+            f"{actor.name} assigned you “{task.title}”",
+            data={"task_id": task.id, "actor_id": actor.id},
+        )
 
 
 def set_watching(session: Session, task_id: int, actor: User, user_id: int, watch: bool) -> Task:

@@ -1,0 +1,148 @@
+import asyncio
+import contextlib
+from datetime import timedelta
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Request, WebSocket, WebSocketDisconnect, status
+from fastapi.responses import Response
+from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.concurrency import run_in_threadpool
+
+from src.auth.deps import CurrentUser, DbSession, user_from_token
+from src.auth.security import create_token
+from src.config import settings
+from src.db import SessionLocal
+from src.notifications import live
+from src.notifications.schemas import (
+    AnnouncementIn,
+    NotificationOut,
+    NotificationPage,
+    StreamToken,
+    UnreadCount,
+)
+from src.notifications.service import NotificationService, to_payload
+from src.orgs.service import require_manager
+
+router = APIRouter(tags=["notifications"])
+
+
+@router.get("/notifications")
+def inbox(
+    user: CurrentUser,
+    session: DbSession,
+    unread: bool = False,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    before: Annotated[int | None, Query(ge=1)] = None,
+) -> NotificationPage:
+    items = NotificationService.inbox(session, user.id, unread, limit, before)
+    return NotificationPage(items=items, next_before=items[-1]["id"] if len(items) == limit else None)
+
+
+@router.get("/notifications/unread-count")
+def unread_count(user: CurrentUser, session: DbSession) -> UnreadCount:
+    return UnreadCount(count=NotificationService.unread_count(session, user.id))
+
+
+@router.post("/notifications/read-all")
+def read_all(user: CurrentUser, session: DbSession) -> dict[str, int]:
+    return {"marked": NotificationService.mark_all_read(session, user.id), "unread": 0}
+
+
+@router.post("/notifications/{notification_id}/read")
+def read(notification_id: int, user: CurrentUser, session: DbSession) -> NotificationOut:
+    return NotificationOut(**NotificationService.mark_read(session, user.id, notification_id))
+
+
+@router.post("/notifications/stream-token")
+def stream_token(user: CurrentUser) -> StreamToken:
+    """A short-lived token for EventSource and WebSocket clients, which cannot send headers."""
+    lifetime = timedelta(seconds=settings.stream_token_seconds)
+    return StreamToken(
+        token=create_token(user.id, "stream", lifetime), expires_in=settings.stream_token_seconds
+    )
+
+
+@router.post("/orgs/{org_id}/announcements", status_code=status.HTTP_201_CREATED)
+def announce(org_id: int, body: AnnouncementIn, user: CurrentUser, session: DbSession) -> NotificationOut:
+    """Broadcast to every member of the organization (owners and admins only)."""
+    require_manager(session, org_id, user)
+    notification = NotificationService.broadcast(
+        session, org_id, "announcement", body.title, body.body, {"author_id": user.id}
+    )
+    session.commit()
+    return NotificationOut(**to_payload(notification))
+
+
+def _stream_user(authorization: str | None, token: str | None) -> int:
+    """The streaming user: an access token in the header, or a stream token in the query.
+
+    Uses its own short session: a stream lives for hours and must not hold a connection.
+    """
+    with SessionLocal() as session:
+        if authorization and authorization.lower().startswith("bearer "):
+            return user_from_token(session, authorization[7:].strip()).id
+        return user_from_token(session, token, purpose="stream").id
+
+
+def _since(last_event_id: str | None, since: int | None) -> int | None:
+    if last_event_id and last_event_id.strip().isdigit():
+        return int(last_event_id)
+    return since
+
+
+@router.get("/notifications/stream", response_class=Response)
+async def stream(
+    request: Request,
+    token: str | None = None,
+    since: Annotated[int | None, Query(ge=0)] = None,
+    authorization: Annotated[str | None, Header()] = None,
+    last_event_id: Annotated[str | None, Header()] = None,
+) -> EventSourceResponse:
+    """Server-Sent Events: `notification` (id = seq) and `unread_count`; send Last-Event-ID to resume."""
+    user_id = await run_in_threadpool(_stream_user, authorization, token)
+
+    async def sse() -> Any:
+        async for event in live.events(request.app.state.hub, user_id, _since(last_event_id, since)):
+            if event["event"] != "ping":  # EventSourceResponse sends its own keep-alive comments
+                yield ServerSentEvent(data=event["data"], event=event["event"], id=event.get("id"))
+
+    return EventSourceResponse(
+        sse(), ping=settings.live_ping_seconds, send_timeout=settings.live_send_timeout,
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )  # fmt: skip
+
+
+ws_router = APIRouter(tags=["notifications"])
+
+
+@ws_router.websocket("/ws/notifications")
+async def websocket_stream(
+    websocket: WebSocket, token: str | None = None, since: Annotated[int | None, Query(ge=0)] = None
+) -> None:
+    """The same events as the SSE stream, as JSON text frames; `?since=` resumes."""
+    try:
+        user_id = await run_in_threadpool(_stream_user, websocket.headers.get("authorization"), token)
+    except Exception as exc:  # unauthorized: refuse the handshake
+        detail = getattr(exc, "detail", "unauthorized")
+        await websocket.send_denial_response(
+            Response(f'{{"detail": "{detail}"}}', 401, media_type="application/json")
+        )
+        return
+    await websocket.accept()
+
+    async def send_events() -> None:
+        async for event in live.events(websocket.app.state.hub, user_id, since):
+            await asyncio.wait_for(websocket.send_json(event), settings.live_send_timeout)
+
+    async def watch_for_close() -> None:
+        while (await websocket.receive())["type"] != "websocket.disconnect":
+            pass
+
+    sender, watcher = asyncio.create_task(send_events()), asyncio.create_task(watch_for_close())
+    done, pending = await asyncio.wait({sender, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*done, *pending, return_exceptions=True)
+    if sender in done:
+        with contextlib.suppress(WebSocketDisconnect, RuntimeError):
+            await websocket.close(code=1012)  # service restart / fell behind: reconnect with ?since=

@@ -1,0 +1,237 @@
+"""Live delivery inside one API process: one Redis subscription, fanned out in memory.
+
+`LiveHub` holds the process's only subscription and dispatches each notification, in seq order, to
+the subscribers it concerns. Streams never talk to Redis themselves. Every stream first replays
+from the database what its client missed, then takes live events, skipping any seq it already sent:
+no gap, no duplicate. A subscriber that falls too far behind is disconnected and recovers the same
+way on reconnect; the hub never waits for one.
+"""
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
+from starlette.concurrency import run_in_threadpool
+
+from src.config import settings
+from src.db import SessionLocal
+from src.notifications.service import CHANNEL, NotificationService
+from src.orgs.service import member_org_ids
+
+log = logging.getLogger("herald.live")
+
+QUEUE_LIMIT = 1000  # events a subscriber may have waiting before it is cut off to recover
+
+
+@dataclass(eq=False)
+class Subscriber:
+    user_id: int
+    org_ids: frozenset[int]
+    queue: asyncio.Queue[dict[str, Any]] = field(default_factory=lambda: asyncio.Queue(QUEUE_LIMIT))
+    lagging: bool = False
+    closing: bool = False
+
+    def offer(self, event: dict[str, Any]) -> None:
+        try:
+            self.queue.put_nowait(event)
+        except asyncio.QueueFull:
+            self.lagging = True
+
+
+class LiveHub:
+    def __init__(self, redis_url: str) -> None:
+        self.redis_url = redis_url
+        self.cursor = 0  # every seq up to here has been dispatched
+        self.by_user: dict[int, set[Subscriber]] = {}
+        self.by_org: dict[int, set[Subscriber]] = {}
+        self.connected = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.cursor = await run_in_threadpool(_snapshot_last_seq)
+        self._task = asyncio.create_task(self._run(), name="herald-live-hub")
+
+    async def stop(self) -> None:
+        """Ask every stream to end cleanly (clients reconnect elsewhere and recover), then unsubscribe."""
+        self._stopping = True
+        for subscribers in self.by_user.values():
+            for subscriber in subscribers:
+                subscriber.closing = True
+                subscriber.offer({"kind": "close"})
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        delay = 0.1
+        while not self._stopping:
+            client = aioredis.Redis.from_url(
+                self.redis_url, socket_connect_timeout=2, health_check_interval=10
+            )
+            pubsub = client.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(CHANNEL)
+                await self._catch_up()  # after subscribing: nothing can fall between the two
+                self.connected.set()
+                delay = 0.1
+                async for message in pubsub.listen():
+                    await self._handle(json.loads(message["data"]))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Redis gone, or a bad message: resubscribe and catch up from the DB
+                log.warning("live hub lost its Redis subscription (%s); retrying in %.1fs", exc, delay)
+            finally:
+                self.connected.clear()
+                await pubsub.aclose()
+                await client.aclose()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    # --- dispatch ------------------------------------------------------------------------------
+
+    async def _catch_up(self, up_to: int | None = None) -> None:
+        """Dispatch from the database every notification after the cursor (up to `up_to`)."""
+        while up_to is None or self.cursor < up_to:
+            rows = await run_in_threadpool(_published_since, self.cursor)
+            if not rows:
+                return
+            for recipient_id, payload in rows:
+                self._dispatch(recipient_id, payload)
+
+    async def _handle(self, message: dict[str, Any]) -> None:
+        kind = message["kind"]
+        if kind == "notification":
+            seq = message["notification"]["seq"]
+            if seq <= self.cursor:
+                return  # already dispatched, from the database
+            if seq > self.cursor + 1:
+                await self._catch_up(up_to=seq)  # a message went missing: fetch the gap
+            if seq == self.cursor + 1:
+                self._dispatch(message["recipient_id"], message["notification"])
+        elif kind == "tick":
+            if message["seq"] > self.cursor:
+                await self._catch_up(up_to=message["seq"])
+        elif kind == "unread":
+            for subscriber in self.by_user.get(message["user_id"], ()):
+                subscriber.offer(message)
+
+    def _dispatch(self, recipient_id: int | None, payload: dict[str, Any]) -> None:
+        self.cursor = payload["seq"]
+        targets = (
+            self.by_user.get(recipient_id, ()) if recipient_id else self.by_org.get(payload["org_id"], ())
+        )
+        event = {"kind": "notification", "notification": payload}
+        for subscriber in targets:
+            subscriber.offer(event)
+
+    # --- subscribers ---------------------------------------------------------------------------
+
+    def subscribe(self, user_id: int, org_ids: set[int]) -> Subscriber:
+        subscriber = Subscriber(user_id, frozenset(org_ids))
+        self.by_user.setdefault(user_id, set()).add(subscriber)
+        for org_id in org_ids:
+            self.by_org.setdefault(org_id, set()).add(subscriber)
+        return subscriber
+
+    def unsubscribe(self, subscriber: Subscriber) -> None:
+        for index, key in [
+            (self.by_user, subscriber.user_id),
+            *((self.by_org, o) for o in subscriber.org_ids),
+        ]:
+            members = index.get(key)
+            if members is not None:
+                members.discard(subscriber)
+                if not members:
+                    del index[key]
+
+    @property
+    def subscriber_count(self) -> int:
+        return sum(len(s) for s in self.by_user.values())
+
+
+def _snapshot_last_seq() -> int:
+    with SessionLocal() as session:
+        return NotificationService.unread_snapshot(session, user_id=0)[1]
+
+
+def _published_since(after_seq: int) -> list[tuple[int | None, dict[str, Any]]]:
+    with SessionLocal() as session:
+        return NotificationService.published_since(session, after_seq)
+
+
+def _user_org_ids(user_id: int) -> set[int]:
+    with SessionLocal() as session:
+        return member_org_ids(session, user_id)
+
+
+async def events(hub: LiveHub, user_id: int, since: int | None) -> AsyncIterator[dict[str, Any]]:
+    """The event stream of one client, shared by SSE and WebSocket.
+
+    Yields {"event": "notification", "id": seq, "data": {...}}, {"event": "unread_count", "data":
+    {"count": n}} and {"event": "ping"} every LIVE_PING_SECONDS; ends when the client must
+    reconnect (it fell behind, or the server is shutting down).
+    """
+    subscriber = hub.subscribe(user_id, await run_in_threadpool(_user_org_ids, user_id))
+    try:
+        unread, watermark = await run_in_threadpool(_unread_snapshot, user_id)
+        counted_after_watermark: set[int] = set()
+        sent_up_to = since if since is not None else watermark
+
+        def deliver(payload: dict[str, Any]) -> list[dict[str, Any]]:
+            nonlocal unread
+            out = [{"event": "notification", "id": payload["seq"], "data": payload}]
+            if payload["seq"] > watermark and payload["seq"] not in counted_after_watermark:
+                counted_after_watermark.add(payload["seq"])
+                unread += 1
+                out.append({"event": "unread_count", "data": {"count": unread}})
+            return out
+
+        yield {"event": "unread_count", "data": {"count": unread}}
+        if since is not None:  # replay what the client missed, page by page
+            while True:
+                missed = await run_in_threadpool(_missed, user_id, sent_up_to)
+                if not missed:
+                    break
+                for payload in missed:
+                    sent_up_to = payload["seq"]
+                    for event in deliver(payload):
+                        yield event
+        while not (subscriber.lagging or subscriber.closing):
+            try:
+                message = await asyncio.wait_for(subscriber.queue.get(), settings.live_ping_seconds)
+            except TimeoutError:
+                yield {"event": "ping"}
+                continue
+            if subscriber.lagging or message["kind"] == "close":
+                break
+            if message["kind"] == "notification":
+                payload = message["notification"]
+                if payload["seq"] <= sent_up_to:
+                    continue  # already replayed from the database
+                sent_up_to = payload["seq"]
+                for event in deliver(payload):
+                    yield event
+            elif message["kind"] == "unread":
+                watermark = message["watermark"]
+                counted_after_watermark = {s for s in counted_after_watermark if s > watermark}
+                unread = message["count"] + len(counted_after_watermark)
+                yield {"event": "unread_count", "data": {"count": unread}}
+    finally:
+        hub.unsubscribe(subscriber)
+
+
+def _unread_snapshot(user_id: int) -> tuple[int, int]:
+    with SessionLocal() as session:
+        return NotificationService.unread_snapshot(session, user_id)
+
+
+def _missed(user_id: int, after_seq: int) -> list[dict[str, Any]]:
+    with SessionLocal() as session:
+        return [p for _r, p in NotificationService.published_since(session, after_seq, user_id=user_id)]

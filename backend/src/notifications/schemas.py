@@ -1,0 +1,36 @@
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class NotificationOut(BaseModel):
+    id: int
+    seq: int | None
+    org_id: int
+    type: str
+    title: str
+    body: str
+    data: dict[str, Any]
+    broadcast: bool
+    created_at: datetime
+    read_at: datetime | None
+
+
+class NotificationPage(BaseModel):
+    items: list[NotificationOut]
+    next_before: int | None = Field(description="pass as `before` for the next (older) page")
+
+
+class UnreadCount(BaseModel):
+    count: int
+
+
+class StreamToken(BaseModel):
+    token: str
+    expires_in: int
+
+
+class AnnouncementIn(BaseModel):
+    title: str = Field(min_length=1, max_length=300)
+    body: str = Field(default="", max_length=10_000)

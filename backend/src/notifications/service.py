@@ -1,0 +1,267 @@
+"""In-app notifications: stored in the caller's transaction, published to Redis after commit.
+
+The database is the source of truth. Redis pub/sub is only the fast path to open streams; whatever
+it drops is found again by `seq` (see `Notification`).
+"""
+
+import json
+import logging
+from datetime import UTC
+from typing import Any
+
+import redis
+from sqlalchemy import and_, exists, func, insert, or_, select
+from sqlalchemy.orm import Session
+
+from src.config import settings
+from src.db import SessionLocal, after_commit, utcnow
+from src.errors import NotFound
+from src.notifications.models import Notification, NotificationRead, NotificationSequence
+from src.orgs.models import Membership
+
+log = logging.getLogger("herald.notifications")
+
+CHANNEL = "herald:notifications"
+PUBLISH_BATCH = 500
+_redis: redis.Redis | None = None
+
+
+def redis_client() -> redis.Redis:
+    global _redis
+    if _redis is None:
+        _redis = redis.Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
+    return _redis
+
+
+def _visible_to(user_id: int) -> Any:
+    """A user's own notifications and the broadcasts of the organizations they belong to."""
+    return or_(
+        Notification.recipient_id == user_id,
+        and_(
+            Notification.recipient_id.is_(None),
+            Notification.org_id.in_(select(Membership.org_id).where(Membership.user_id == user_id)),
+        ),
+    )
+
+
+def _unread_by(user_id: int) -> Any:
+    return ~exists().where(
+        NotificationRead.notification_id == Notification.id, NotificationRead.user_id == user_id
+    )
+
+
+def to_payload(notification: Notification, read_at: object = None) -> dict[str, Any]:
+    created = notification.created_at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    return {
+        "id": notification.id,
+        "seq": notification.seq,
+        "org_id": notification.org_id,
+        "type": notification.type,
+        "title": notification.title,
+        "body": notification.body,
+        "data": notification.data,
+        "broadcast": notification.recipient_id is None,
+        "created_at": created,
+        "read_at": read_at,
+    }
+
+
+class NotificationService:
+    @staticmethod
+    def notify(
+        session: Session,
+        org_id: int,
+        user_ids: list[int],
+        type: str,
+        title: str,
+        body: str = "",
+        data: dict[str, Any] | None = None,
+    ) -> list[Notification]:
+        """One notification per user, in the caller's transaction; published once it commits."""
+        notifications = [
+            Notification(org_id=org_id, recipient_id=uid, type=type, title=title, body=body, data=data or {})
+            for uid in user_ids
+        ]
+        session.add_all(notifications)
+        if notifications:
+            after_commit(session, publish_pending_quietly)
+        return notifications
+
+    @staticmethod
+    def broadcast(
+        session: Session,
+        org_id: int,
+        type: str,
+        title: str,
+        body: str = "",
+        data: dict[str, Any] | None = None,
+    ) -> Notification:
+        """One notification for every member of the organization, stored once."""
+        notification = Notification(
+            org_id=org_id, recipient_id=None, type=type, title=title, body=body, data=data or {}
+        )
+        session.add(notification)
+        after_commit(session, publish_pending_quietly)
+        return notification
+
+    @staticmethod
+    def inbox(
+        session: Session, user_id: int, unread_only: bool, limit: int, before: int | None
+    ) -> list[dict[str, Any]]:
+        """Newest first; `before` is the id of the last notification of the previous page."""
+        query = (
+            select(Notification, NotificationRead.read_at)
+            .outerjoin(
+                NotificationRead,
+                and_(
+                    NotificationRead.notification_id == Notification.id, NotificationRead.user_id == user_id
+                ),
+            )
+            .where(_visible_to(user_id))
+        )
+        if unread_only:
+            query = query.where(NotificationRead.read_at.is_(None))
+        if before is not None:
+            query = query.where(Notification.id < before)
+        rows = session.execute(query.order_by(Notification.id.desc()).limit(limit))
+        return [to_payload(n, read_at) for n, read_at in rows]
+
+    @staticmethod
+    def unread_count(session: Session, user_id: int) -> int:
+        return (
+            session.scalar(
+                select(func.count())
+                .select_from(Notification)
+                .where(_visible_to(user_id), _unread_by(user_id))
+            )
+            or 0
+        )
+
+    @staticmethod
+    def mark_read(session: Session, user_id: int, notification_id: int) -> dict[str, Any]:
+        notification = session.scalar(
+            select(Notification).where(Notification.id == notification_id, _visible_to(user_id))
+        )
+        if notification is None:
+            raise NotFound("notification not found")
+        read = session.get(NotificationRead, (notification_id, user_id))
+        if read is None:
+            read = NotificationRead(notification_id=notification_id, user_id=user_id, read_at=utcnow())
+            session.add(read)
+            session.flush()
+            _announce_unread_after_commit(session, user_id)
+        session.commit()
+        return to_payload(notification, read.read_at)
+
+    @staticmethod
+    def mark_all_read(session: Session, user_id: int) -> int:
+        unread = select(Notification.id).where(_visible_to(user_id), _unread_by(user_id))
+        ids = list(session.scalars(unread))
+        if ids:
+            now = utcnow()
+            session.execute(
+                insert(NotificationRead),
+                [{"notification_id": i, "user_id": user_id, "read_at": now} for i in ids],
+            )
+            _announce_unread_after_commit(session, user_id)
+        session.commit()
+        return len(ids)
+
+    @staticmethod
+    def unread_snapshot(session: Session, user_id: int) -> tuple[int, int]:
+        """(unread published notifications, highest seq given out), from one consistent snapshot.
+
+        A stream counts every later notification it delivers on top of this, so its count matches
+        the API's once delivery catches up.
+        """
+        watermark = (
+            select(NotificationSequence.last_seq).where(NotificationSequence.id == 1).scalar_subquery()
+        )
+        count = (
+            select(func.count())
+            .select_from(Notification)
+            .where(_visible_to(user_id), _unread_by(user_id), Notification.seq <= watermark)
+            .scalar_subquery()
+        )
+        unread, last_seq = session.execute(select(count, watermark)).one()
+        return unread or 0, last_seq or 0
+
+    @staticmethod
+    def published_since(
+        session: Session, after_seq: int, user_id: int | None = None, limit: int = PUBLISH_BATCH
+    ) -> list[tuple[int | None, dict[str, Any]]]:
+        """Published notifications after `after_seq` in seq order, as (recipient_id, payload);
+        only those `user_id` may see, when given."""
+        query = select(Notification).where(Notification.seq > after_seq)
+        if user_id is not None:
+            query = query.where(_visible_to(user_id))
+        rows = session.scalars(query.order_by(Notification.seq).limit(limit))
+        return [(n.recipient_id, to_payload(n)) for n in rows]
+
+
+def _announce_unread_after_commit(session: Session, user_id: int) -> None:
+    def announce() -> None:
+        with SessionLocal() as fresh:
+            count, watermark = NotificationService.unread_snapshot(fresh, user_id)
+        message = {"kind": "unread", "user_id": user_id, "count": count, "watermark": watermark}
+        try:
+            redis_client().publish(CHANNEL, json.dumps(message))
+        except redis.RedisError as exc:
+            log.warning("could not publish unread count of user %s: %s", user_id, exc)
+
+    after_commit(session, announce)
+
+
+def publish_pending() -> int:
+    """Give every unpublished notification its `seq`, in id order, then publish them to Redis.
+
+    The sequence row's lock makes publishers take turns, so committed seqs never have a hole. If
+    Redis is down, the seqs stand: streams find the notifications in the database.
+    """
+    published = 0
+    while True:
+        with SessionLocal() as session:
+            sequence = session.scalars(
+                select(NotificationSequence).where(NotificationSequence.id == 1).with_for_update()
+            ).one()
+            pending = list(
+                session.scalars(
+                    select(Notification)
+                    .where(Notification.seq.is_(None))
+                    .order_by(Notification.id)
+                    .limit(PUBLISH_BATCH)
+                )
+            )
+            for notification in pending:
+                sequence.last_seq += 1
+                notification.seq = sequence.last_seq
+            session.commit()
+            messages = [
+                json.dumps(
+                    {"kind": "notification", "recipient_id": n.recipient_id, "notification": to_payload(n)}
+                )
+                for n in pending
+            ]
+        if messages:
+            pipe = redis_client().pipeline(transaction=False)
+            for message in messages:
+                pipe.publish(CHANNEL, message)
+            pipe.execute()
+        published += len(pending)
+        if len(pending) < PUBLISH_BATCH:
+            return published
+
+
+def publish_pending_quietly() -> None:
+    """After-commit hook: publish now if possible; the beat job retries whatever this could not."""
+    try:
+        publish_pending()
+    except Exception as exc:  # a stream fast path failing must not fail the request that committed
+        log.warning("notifications not published now (%s); the beat job will", exc)
+
+
+def publish_tick() -> None:
+    """Tell every stream the highest seq given out, so one that missed a message notices the gap."""
+    with SessionLocal() as session:
+        last_seq = session.scalar(select(NotificationSequence.last_seq).where(NotificationSequence.id == 1))
+    redis_client().publish(CHANNEL, json.dumps({"kind": "tick", "seq": last_seq or 0}))
