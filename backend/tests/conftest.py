@@ -87,6 +87,8 @@ def db(database_url: str) -> Iterator[str]:
 
     yield database_url
     assert herald_db.engine is not None
+    # The notification sequence is left as it is: like production, it only ever grows, and the API
+    # processes' streams of the next test go on from where they are.
     tables = [t.name for t in Base.metadata.sorted_tables if t.name != "notification_sequence"]
     with herald_db.engine.begin() as conn:
         if conn.dialect.name == "postgresql":
@@ -94,7 +96,6 @@ def db(database_url: str) -> Iterator[str]:
         else:
             for name in reversed(tables):
                 conn.execute(text(f"DELETE FROM {name}"))
-        conn.execute(text("UPDATE notification_sequence SET last_seq = 0"))
 
 
 @pytest.fixture
@@ -228,3 +229,17 @@ def worker(celery_worker, db):
     yield celery_worker
     if celery_worker.process is None:
         celery_worker.start()
+
+
+@pytest.fixture(scope="session")
+def api_servers(database_url: str):
+    """Two real API processes on this run's Redis and the current database."""
+    require_service("redis")
+    from src.devserver.processes import ApiServer
+    from src.devserver.redis_server import free_port
+
+    env = {"DATABASE_URL": database_url, "LIVE_PING_SECONDS": "1"}
+    servers = [ApiServer(env, RUN_DIR / f"api-{name}.log", free_port()).start() for name in ("a", "b")]
+    yield servers
+    for server in servers:
+        server.stop()

@@ -1,5 +1,7 @@
 import asyncio
 import contextlib
+import json
+import logging
 from datetime import timedelta
 from typing import Annotated, Any
 
@@ -23,6 +25,7 @@ from src.notifications.schemas import (
 from src.notifications.service import NotificationService, to_payload
 from src.orgs.service import require_manager
 
+log = logging.getLogger("herald.live")
 router = APIRouter(tags=["notifications"])
 
 
@@ -104,7 +107,8 @@ async def stream(
     async def sse() -> Any:
         async for event in live.events(request.app.state.hub, user_id, _since(last_event_id, since)):
             if event["event"] != "ping":  # EventSourceResponse sends its own keep-alive comments
-                yield ServerSentEvent(data=event["data"], event=event["event"], id=event.get("id"))
+                event_id = str(event["id"]) if "id" in event else None
+                yield ServerSentEvent(data=json.dumps(event["data"]), event=event["event"], id=event_id)
 
     return EventSourceResponse(
         sse(), ping=settings.live_ping_seconds, send_timeout=settings.live_send_timeout,
@@ -144,5 +148,7 @@ async def websocket_stream(
         task.cancel()
     await asyncio.gather(*done, *pending, return_exceptions=True)
     if sender in done:
+        if not sender.cancelled() and sender.exception() is not None:
+            log.warning("websocket stream of user %s ended: %r", user_id, sender.exception())
         with contextlib.suppress(WebSocketDisconnect, RuntimeError):
             await websocket.close(code=1012)  # service restart / fell behind: reconnect with ?since=

@@ -1,0 +1,203 @@
+"""Live notifications across two real API processes, a real Redis and a real worker."""
+
+import time
+from datetime import timedelta
+
+import httpx
+import pytest
+
+from src.auth.security import create_token
+from tests.live import SseClient, WsClient
+
+
+@pytest.fixture
+def team(client, make_user, make_org):
+    alice, bob, carol = make_user("alice"), make_user("bob"), make_user("carol")
+    org_id = make_org(alice, bob, carol)
+    task = client.post(
+        f"/api/orgs/{org_id}/tasks", json={"title": "Ship it", "watcher_ids": [bob.id]}, headers=alice.headers
+    ).json()
+    return org_id, task, alice, bob, carol
+
+
+@pytest.fixture
+def servers(api_servers, db):
+    a, b = api_servers
+    with httpx.Client(base_url=a.url, timeout=10) as api_a:
+        yield api_a, b
+
+
+def stream_url(server, caller, **params):
+    token = httpx.post(f"{server.url}/api/notifications/stream-token", headers=caller.headers).json()["token"]
+    query = "&".join(f"{k}={v}" for k, v in {"token": token, **params}.items())
+    return f"{server.url}/api/notifications/stream?{query}"
+
+
+def move(api, task, caller, status):
+    response = api.patch(f"/api/tasks/{task['id']}", json={"status": status}, headers=caller.headers)
+    assert response.status_code == 200, response.text
+    return time.monotonic()
+
+
+def unread_via_api(api, caller):
+    return api.get("/api/notifications/unread-count", headers=caller.headers).json()["count"]
+
+
+def test_change_on_a_reaches_sse_client_on_b_within_a_second(servers, team):
+    api_a, b = servers
+    _org, task, alice, bob, _carol = team
+    stream = SseClient(stream_url(b, bob))
+    assert stream.next("unread_count")["data"] == {"count": 0}
+    changed_at = move(api_a, task, alice, "in_progress")
+    event = stream.next(timeout=1.0)
+    assert time.monotonic() - changed_at < 1.0
+    assert event["data"]["type"] == "task.status_changed"
+    assert event["data"]["data"]["new_status"] == "in_progress"
+    assert event["id"] == event["data"]["seq"]
+    assert stream.next("unread_count")["data"] == {"count": 1} and unread_via_api(api_a, bob) == 1
+    stream.close()
+
+
+def test_change_on_a_reaches_websocket_client_on_b_within_a_second(servers, team):
+    api_a, b = servers
+    _org, task, alice, bob, _carol = team
+    token = api_a.post("/api/notifications/stream-token", headers=bob.headers).json()["token"]
+    socket = WsClient(f"ws://127.0.0.1:{b.port}/api/ws/notifications?token={token}")
+    assert socket.next("unread_count")["data"] == {"count": 0}
+    changed_at = move(api_a, task, alice, "in_review")
+    event = socket.next(timeout=1.0)
+    assert time.monotonic() - changed_at < 1.0
+    assert event["data"]["data"]["new_status"] == "in_review"
+    socket.close()
+
+
+def test_reconnect_with_last_event_id_gets_exactly_what_was_missed(servers, team):
+    api_a, b = servers
+    _org, task, alice, bob, _carol = team
+    stream = SseClient(stream_url(b, bob))
+    move(api_a, task, alice, "in_progress")
+    last_seen = stream.next()["id"]
+    stream.close()
+
+    for status in ("in_review", "done", "cancelled"):
+        move(api_a, task, alice, status)
+    token = api_a.post("/api/notifications/stream-token", headers=bob.headers).json()["token"]
+    resumed = SseClient(
+        f"{b.url}/api/notifications/stream?token={token}", headers={"Last-Event-ID": str(last_seen)}
+    )
+    missed = [resumed.next() for _ in range(3)]
+    assert [e["data"]["data"]["new_status"] for e in missed] == ["in_review", "done", "cancelled"]
+    assert [e["id"] for e in missed] == sorted(e["id"] for e in missed) and missed[0]["id"] > last_seen
+
+    move(api_a, task, alice, "todo")
+    live = resumed.next()
+    assert live["data"]["data"]["new_status"] == "todo"
+    assert not [e for e in resumed.drain() if e["event"] == "notification"], "nothing twice"
+    resumed.close()
+
+
+def test_broadcast_reaches_members_only(servers, team, make_user, make_org):
+    api_a, b = servers
+    org_id, _task, alice, bob, carol = team
+    mallory = make_user("mallory")
+    make_org(mallory, name="Elsewhere")
+    streams = {who.email: SseClient(stream_url(b, who)) for who in (bob, carol, mallory)}
+
+    made = api_a.post(
+        f"/api/orgs/{org_id}/announcements",
+        json={"title": "Release at 5", "body": "Freeze now"},
+        headers=alice.headers,
+    )
+    assert made.status_code == 201
+    notification_id = made.json()["id"]
+    for who in (bob, carol):
+        assert streams[who.email].next()["data"]["title"] == "Release at 5"
+    assert not [e for e in streams[mallory.email].drain(0.5) if e["event"] == "notification"]
+
+    assert api_a.get("/api/notifications", headers=mallory.headers).json()["items"] == []
+    assert (
+        api_a.post(f"/api/notifications/{notification_id}/read", headers=mallory.headers).status_code == 404
+    )
+    assert api_a.post(f"/api/notifications/{notification_id}/read", headers=bob.headers).status_code == 200
+    by_member = api_a.post(f"/api/orgs/{org_id}/announcements", json={"title": "x"}, headers=bob.headers)
+    assert by_member.status_code == 403
+    outsider = api_a.post(f"/api/orgs/{org_id}/announcements", json={"title": "x"}, headers=mallory.headers)
+    assert outsider.status_code == 404
+    for stream in streams.values():
+        stream.close()
+
+
+def test_redis_restart_loses_nothing_and_repeats_nothing(servers, team, redis_server):
+    api_a, b = servers
+    _org, task, alice, bob, _carol = team
+    stream = SseClient(stream_url(b, bob))
+    move(api_a, task, alice, "in_progress")
+    assert stream.next()["data"]["data"]["new_status"] == "in_progress"
+
+    redis_server.stop()
+    try:
+        move(api_a, task, alice, "in_review")
+        move(api_a, task, alice, "done")
+    finally:
+        redis_server.start()
+    move(api_a, task, alice, "cancelled")
+    received = [stream.next(timeout=15)["data"]["data"]["new_status"] for _ in range(3)]
+    assert received == ["in_review", "done", "cancelled"]
+    assert not [e for e in stream.drain(1.0) if e["event"] == "notification"]
+    stream.close()
+
+
+def test_unread_count_on_the_stream_matches_the_api(servers, team):
+    api_a, b = servers
+    _org, task, alice, bob, _carol = team
+    stream = SseClient(stream_url(b, bob))
+    assert stream.next("unread_count")["data"]["count"] == 0
+    move(api_a, task, alice, "in_progress")
+    move(api_a, task, alice, "done")
+    first = stream.next()
+    stream.next()
+    counts = [e["data"]["count"] for e in stream.drain(0.5) if e["event"] == "unread_count"]
+    assert counts[-1] == unread_via_api(api_a, bob) == 2
+
+    api_a.post(f"/api/notifications/{first['data']['id']}/read", headers=bob.headers)
+    assert stream.next("unread_count")["data"]["count"] == unread_via_api(api_a, bob) == 1
+    api_a.post("/api/notifications/read-all", headers=bob.headers)
+    assert stream.next("unread_count")["data"]["count"] == unread_via_api(api_a, bob) == 0
+    move(api_a, task, alice, "todo")
+    stream.next()
+    assert stream.next("unread_count")["data"]["count"] == unread_via_api(api_a, bob) == 1
+    stream.close()
+
+
+def test_streams_refuse_missing_bad_and_expired_tokens(servers, team):
+    _api_a, b = servers
+    _org, _task, _alice, bob, _carol = team
+    expired = create_token(bob.id, "stream", timedelta(seconds=-1))
+    for url, headers in (
+        (f"{b.url}/api/notifications/stream", {}),
+        (f"{b.url}/api/notifications/stream?token=garbage", {}),
+        (f"{b.url}/api/notifications/stream?token={expired}", {}),
+        (f"{b.url}/api/notifications/stream?token={bob.token}", {}),  # an access token is not for URLs
+        (f"{b.url}/api/notifications/stream", {"Authorization": f"Bearer {expired}"}),
+    ):
+        response = httpx.get(url, headers=headers, timeout=5)
+        assert response.status_code == 401, url
+        assert "token" in response.json()["detail"]
+    with pytest.raises(Exception, match="401"):
+        WsClient(f"ws://127.0.0.1:{b.port}/api/ws/notifications?token={expired}")
+    with pytest.raises(Exception, match="401"):
+        WsClient(f"ws://127.0.0.1:{b.port}/api/ws/notifications")
+
+
+def test_celery_tasks_send_and_broadcast(servers, team, worker):
+    from src.notifications.tasks.notification_tasks import broadcast_notification, send_notification
+
+    _api_a, b = servers
+    org_id, _task, _alice, bob, _carol = team
+    stream = SseClient(stream_url(b, bob))
+    send_notification.delay(bob.id, "reminder", {"title": "Standup in 5", "org_id": org_id})
+    assert stream.next(timeout=10)["data"]["title"] == "Standup in 5"
+    broadcast_notification.delay(org_id, "announcement", {"title": "Pizza", "body": "in the kitchen"})
+    event = stream.next(timeout=10)["data"]
+    assert event["title"] == "Pizza" and event["broadcast"] is True
+    stream.close()
