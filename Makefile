@@ -29,3 +29,6 @@ lint: $(VENV)/.dev
 
 bench-email: $(VENV)/.dev
 	cd backend && .venv/bin/python -m benchmarks.email_pipeline $(if $(N),--n $(N)) $(if $(DB),--database $(DB))
+
+bench-live: $(VENV)/.dev
+	cd backend && .venv/bin/python -m benchmarks.live_fanout $(if $(N),--n $(N)) $(if $(DB),--database $(DB))

@@ -19,6 +19,7 @@ from src.tasks.api import router as tasks_router
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.hub = LiveHub(settings.redis_url)
     await app.state.hub.start()
+    app.state.hub.drain_on_exit_signals()
     yield
     await app.state.hub.stop()
 

@@ -201,3 +201,22 @@ def test_celery_tasks_send_and_broadcast(servers, team, worker):
     event = stream.next(timeout=10)["data"]
     assert event["title"] == "Pizza" and event["broadcast"] is True
     stream.close()
+
+
+def test_shutdown_drains_open_streams(database_url, db, team):
+    from src.devserver.processes import ApiServer
+    from src.devserver.redis_server import free_port
+    from tests.conftest import RUN_DIR
+
+    _org, _task, _alice, bob, _carol = team
+    server = ApiServer({"DATABASE_URL": database_url}, RUN_DIR / "api-drain.log", free_port()).start()
+    try:
+        streams = [SseClient(stream_url(server, bob)) for _ in range(3)]
+        for stream in streams:
+            stream.next("unread_count")
+        started = time.monotonic()
+        server.stop(timeout=10)  # SIGTERM
+        assert time.monotonic() - started < 5, "the server waited for its streams instead of draining them"
+        assert all(stream.ended.wait(2) for stream in streams)
+    finally:
+        server.kill()

@@ -1,13 +1,11 @@
 import asyncio
 import contextlib
-import json
 import logging
 from datetime import timedelta
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, WebSocket, WebSocketDisconnect, status
 from fastapi.responses import Response
-from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
 from src.auth.deps import CurrentUser, DbSession, user_from_token
@@ -23,6 +21,7 @@ from src.notifications.schemas import (
     UnreadCount,
 )
 from src.notifications.service import NotificationService, to_payload
+from src.notifications.sse import EventStream
 from src.orgs.service import require_manager
 
 log = logging.getLogger("herald.live")
@@ -100,20 +99,12 @@ async def stream(
     since: Annotated[int | None, Query(ge=0)] = None,
     authorization: Annotated[str | None, Header()] = None,
     last_event_id: Annotated[str | None, Header()] = None,
-) -> EventSourceResponse:
+) -> EventStream:
     """Server-Sent Events: `notification` (id = seq) and `unread_count`; send Last-Event-ID to resume."""
     user_id = await run_in_threadpool(_stream_user, authorization, token)
-
-    async def sse() -> Any:
-        async for event in live.events(request.app.state.hub, user_id, _since(last_event_id, since)):
-            if event["event"] != "ping":  # EventSourceResponse sends its own keep-alive comments
-                event_id = str(event["id"]) if "id" in event else None
-                yield ServerSentEvent(data=json.dumps(event["data"]), event=event["event"], id=event_id)
-
-    return EventSourceResponse(
-        sse(), ping=settings.live_ping_seconds, send_timeout=settings.live_send_timeout,
-        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
-    )  # fmt: skip
+    return EventStream(
+        live.events(request.app.state.hub, user_id, _since(last_event_id, since)), settings.live_send_timeout
+    )
 
 
 ws_router = APIRouter(tags=["notifications"])

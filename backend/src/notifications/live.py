@@ -8,10 +8,13 @@ way on reconnect; the hub never waits for one.
 """
 
 import asyncio
+import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
+import signal
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from types import FrameType
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -58,13 +61,34 @@ class LiveHub:
         self.cursor = await run_in_threadpool(_snapshot_last_seq)
         self._task = asyncio.create_task(self._run(), name="herald-live-hub")
 
-    async def stop(self) -> None:
-        """Ask every stream to end cleanly (clients reconnect elsewhere and recover), then unsubscribe."""
-        self._stopping = True
+    def drain(self) -> None:
+        """Ask every stream to end cleanly: clients reconnect (elsewhere) and recover what they miss."""
         for subscribers in self.by_user.values():
             for subscriber in subscribers:
                 subscriber.closing = True
                 subscriber.offer({"kind": "close"})
+
+    def drain_on_exit_signals(self) -> None:
+        """Drain when the server is told to stop, not after: it waits for open responses to finish,
+        and a stream never finishes by itself."""
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            previous = signal.getsignal(signum)
+            if not callable(previous):
+                continue
+
+            def handler(
+                number: int, frame: FrameType | None, previous: Callable[..., Any] = previous
+            ) -> None:
+                loop.call_soon_threadsafe(self.drain)
+                previous(number, frame)
+
+            with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+                signal.signal(signum, handler)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self.drain()
         if self._task:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)

@@ -1,0 +1,153 @@
+"""`make bench-live`: N concurrent SSE clients on one API process, a few broadcasts, latency and memory.
+
+Each client is a real HTTP connection to a real uvicorn process, authenticated with its own stream
+token. We measure from the broadcast's commit (after which it is published) to each client's receipt,
+and the API process's memory growth per idle connection. The last line printed is one JSON object.
+"""
+
+import argparse
+import asyncio
+import json
+import time
+from contextlib import ExitStack
+from datetime import timedelta
+from pathlib import Path
+
+from benchmarks.common import percentile, prepare
+
+ROUNDS = 5
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+class Client:
+    def __init__(self, port: int, token: str) -> None:
+        self.port, self.token = port, token
+        self.subscribed = asyncio.Event()
+        self.received: dict[str, float] = {}  # notification title -> receipt time
+
+    async def run(self) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        writer.write(
+            f"GET /api/notifications/stream?token={self.token} HTTP/1.1\r\nHost: bench\r\n"
+            "Accept: text/event-stream\r\n\r\n".encode()
+        )
+        await writer.drain()
+        event = ""
+        try:
+            while line := await reader.readline():
+                text = line.decode().rstrip("\r\n")
+                if text.startswith("event: "):
+                    event = text[7:]
+                elif text.startswith("data: ") and event == "unread_count":
+                    self.subscribed.set()
+                elif text.startswith("data: ") and event == "notification":
+                    self.received[json.loads(text[6:])["title"]] = time.time()
+        finally:
+            writer.close()
+
+
+async def measure(n: int, port: int, pid: int, tokens: list[str], org_id: int) -> dict:
+    from src.db import SessionLocal
+    from src.notifications.service import NotificationService
+
+    clients = [Client(port, token) for token in tokens]
+    half = n // 2
+    rss = [rss_kb(pid)]
+    tasks: list[asyncio.Task[None]] = []
+    started = time.monotonic()
+    for group in (clients[:half], clients[half:]):
+        tasks += [asyncio.create_task(c.run()) for c in group]
+        for client in group:
+            await asyncio.wait_for(client.subscribed.wait(), 120)
+        await asyncio.sleep(2)  # let the connections go idle
+        rss.append(rss_kb(pid))
+    connect_s = time.monotonic() - started
+
+    published: dict[str, float] = {}
+    for round_number in range(ROUNDS):
+        title = f"broadcast {round_number}"
+
+        def broadcast(title: str = title) -> None:
+            with SessionLocal() as session:
+                NotificationService.broadcast(session, org_id, "announcement", title)
+                published[title] = time.time()
+                session.commit()  # publishes after commit
+
+        await asyncio.to_thread(broadcast)
+        deadline = time.monotonic() + 30
+        while sum(title in c.received for c in clients) < n and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)
+    latencies = [
+        (c.received[title] - at) * 1000
+        for c in clients
+        for title, at in published.items()
+        if title in c.received
+    ]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    return {
+        "clients": n,
+        "broadcasts": ROUNDS,
+        "received": len(latencies),
+        "expected": n * ROUNDS,
+        "p50_ms": round(percentile(latencies, 0.5), 1),
+        "p99_ms": round(percentile(latencies, 0.99), 1),
+        "max_ms": round(max(latencies, default=float("nan")), 1),
+        # The second half's growth: what one more idle connection costs, once the process is warm
+        # (thread pool, database pool and caches filled by the first half).
+        "kb_per_connection": round((rss[2] - rss[1]) / (n - half), 1),
+        "kb_per_connection_incl_warmup": round((rss[2] - rss[0]) / n, 1),
+        "connect_s": round(connect_s, 2),
+    }
+
+
+def run(n: int, database: str) -> dict:
+    with ExitStack() as stack:
+        workdir, url = prepare(stack, database)
+        from src.auth.models import User
+        from src.auth.security import create_token, hash_password
+        from src.db import SessionLocal
+        from src.devserver.processes import ApiServer
+        from src.devserver.redis_server import free_port
+        from src.orgs.models import Membership, Organization, Role
+
+        with SessionLocal() as session:
+            org = Organization(name="Bench")
+            session.add(org)
+            password = hash_password("bench-password")
+            users = [
+                User(email=f"user{i}@bench.example", name=f"User {i}", password_hash=password)
+                for i in range(n)
+            ]
+            session.add_all(users)
+            session.flush()
+            session.add_all(Membership(org_id=org.id, user_id=u.id, role=Role.member) for u in users)
+            session.commit()
+            tokens = [create_token(u.id, "stream", timedelta(minutes=30)) for u in users]
+            org_id = org.id
+
+        api = ApiServer({"DATABASE_URL": url}, workdir / "api.log", free_port()).start()
+        stack.callback(api.stop)
+        assert api.process is not None
+        result = asyncio.run(measure(n, api.port, api.process.pid, tokens, org_id))
+        return {**result, "database": database}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=1000, help="concurrent SSE clients (default 1000)")
+    parser.add_argument("--database", choices=["postgresql", "sqlite"], default="postgresql")
+    args = parser.parse_args()
+    print(json.dumps(run(args.n, args.database)))
+
+
+if __name__ == "__main__":
+    main()
