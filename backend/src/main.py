@@ -1,5 +1,7 @@
 """The ASGI app: `uvicorn src.main:app` from `backend/`."""
 
+import logging
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -15,8 +17,24 @@ from src.orgs.api import router as orgs_router
 from src.tasks.api import router as tasks_router
 
 
+class RedactQueryTokens(logging.Filter):
+    """Stream tokens travel in URLs (EventSource cannot send headers); keep them out of access logs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and len(record.args) >= 3 and isinstance(record.args[2], str):
+            path = _TOKEN_IN_QUERY.sub(r"\1token=[redacted]", record.args[2])
+            record.args = (*record.args[:2], path, *record.args[3:])
+        return True
+
+
+_TOKEN_IN_QUERY = re.compile(r"([?&])token=[^&\s]*")
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    access_log = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, RedactQueryTokens) for f in access_log.filters):
+        access_log.addFilter(RedactQueryTokens())
     app.state.hub = LiveHub(settings.redis_url)
     await app.state.hub.start()
     app.state.hub.drain_on_exit_signals()

@@ -220,3 +220,13 @@ def test_shutdown_drains_open_streams(database_url, db, team):
         assert all(stream.ended.wait(2) for stream in streams)
     finally:
         server.kill()
+
+
+def test_stream_tokens_stay_out_of_access_logs(servers, team):
+    _api_a, b = servers
+    _org, _task, _alice, bob, _carol = team
+    url = stream_url(b, bob)
+    token = url.split("token=")[1]
+    SseClient(url).close()
+    log = b.logfile.read_text()
+    assert "token=[redacted]" in log and token not in log
