@@ -3,6 +3,7 @@
 import json
 import queue
 import threading
+from contextlib import ExitStack
 
 import httpx
 from websockets.sync.client import connect
@@ -77,7 +78,8 @@ class SseClient(StreamClient):
 class WsClient(StreamClient):
     def __init__(self, url: str) -> None:
         super().__init__()
-        self.socket = connect(url, open_timeout=5)
+        self._stack = ExitStack()
+        self.socket = self._stack.enter_context(connect(url, open_timeout=5))
         self.status = 101
         self.opened.set()
         threading.Thread(target=self._read, daemon=True).start()
@@ -92,5 +94,5 @@ class WsClient(StreamClient):
             self.ended.set()
 
     def close(self) -> None:
-        self.socket.close()
+        self._stack.close()
         self.ended.wait(5)

@@ -230,3 +230,18 @@ def test_stream_tokens_stay_out_of_access_logs(servers, team):
     SseClient(url).close()
     log = b.logfile.read_text()
     assert "token=[redacted]" in log and token not in log
+
+
+def test_websocket_resumes_with_since_and_keeps_alive(servers, team):
+    api_a, b = servers
+    _org, task, alice, bob, _carol = team
+    move(api_a, task, alice, "in_progress")
+    [seen] = api_a.get("/api/notifications", headers=bob.headers).json()["items"]
+    move(api_a, task, alice, "in_review")
+    move(api_a, task, alice, "done")
+    token = api_a.post("/api/notifications/stream-token", headers=bob.headers).json()["token"]
+    socket = WsClient(f"ws://127.0.0.1:{b.port}/api/ws/notifications?token={token}&since={seen['seq']}")
+    missed = [socket.next() for _ in range(2)]
+    assert [e["data"]["data"]["new_status"] for e in missed] == ["in_review", "done"]
+    assert socket.next("ping", timeout=3) == {"event": "ping"}  # the test servers ping every second
+    socket.close()

@@ -1,0 +1,53 @@
+"""The notification inbox API, in-process (no streams), on both databases."""
+
+
+def test_inbox_pages_filters_and_read_state(client, make_user, make_org):
+    alice, bob = make_user("alice"), make_user("bob")
+    org_id = make_org(alice, bob)
+    task = client.post(
+        f"/api/orgs/{org_id}/tasks", json={"title": "T", "watcher_ids": [bob.id]}, headers=alice.headers
+    )
+    for status in ("in_progress", "in_review", "done", "cancelled", "todo"):
+        client.patch(f"/api/tasks/{task.json()['id']}", json={"status": status}, headers=alice.headers)
+    client.post(f"/api/orgs/{org_id}/announcements", json={"title": "All hands"}, headers=alice.headers)
+
+    first = client.get("/api/notifications?limit=4", headers=bob.headers).json()
+    assert first["items"][0]["title"] == "All hands" and len(first["items"]) == 4
+    second = client.get(
+        f"/api/notifications?limit=4&before={first['next_before']}", headers=bob.headers
+    ).json()
+    assert len(second["items"]) == 2 and second["next_before"] is None
+    ids = [n["id"] for n in first["items"] + second["items"]]
+    assert ids == sorted(ids, reverse=True) and len(set(ids)) == 6
+
+    assert client.get("/api/notifications/unread-count", headers=bob.headers).json() == {"count": 6}
+    read = client.post(f"/api/notifications/{ids[0]}/read", headers=bob.headers).json()
+    assert read["read_at"] is not None
+    again = client.post(f"/api/notifications/{ids[0]}/read", headers=bob.headers).json()
+    assert again["read_at"] == read["read_at"]
+    unread = client.get("/api/notifications?unread=true", headers=bob.headers).json()["items"]
+    assert [n["id"] for n in unread] == ids[1:]
+    # The broadcast Bob read stays unread for Alice: read state is per person.
+    assert client.get("/api/notifications/unread-count", headers=alice.headers).json() == {"count": 1}
+
+    assert client.post("/api/notifications/read-all", headers=bob.headers).json() == {
+        "marked": 5,
+        "unread": 0,
+    }
+    assert client.get("/api/notifications/unread-count", headers=bob.headers).json() == {"count": 0}
+
+
+def test_inbox_rejects_bad_input_and_strangers(client, make_user, make_org):
+    alice, mallory = make_user("alice"), make_user("mallory")
+    org_id = make_org(alice)
+    made = client.post(
+        f"/api/orgs/{org_id}/announcements", json={"title": "Secret"}, headers=alice.headers
+    ).json()
+    assert client.get("/api/notifications?limit=0", headers=alice.headers).status_code == 422
+    assert client.get("/api/notifications?before=abc", headers=alice.headers).status_code == 422
+    empty = client.post(f"/api/orgs/{org_id}/announcements", json={"title": ""}, headers=alice.headers)
+    assert empty.status_code == 422
+    assert client.get("/api/notifications", headers=mallory.headers).json()["items"] == []
+    assert client.post(f"/api/notifications/{made['id']}/read", headers=mallory.headers).status_code == 404
+    assert client.get("/api/notifications").status_code == 401
+    assert client.post("/api/notifications/stream-token").status_code == 401
