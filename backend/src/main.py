@@ -9,6 +9,7 @@ from fastapi import APIRouter, FastAPI
 
 from src.auth.api import router as auth_router
 from src.config import settings
+from src.emails.api import router as emails_router
 from src.errors import install_error_handlers
 from src.notifications.api import router as notifications_router
 from src.notifications.api import ws_router as notifications_ws_router
@@ -50,7 +51,14 @@ app = FastAPI(
 install_error_handlers(app)
 
 api = APIRouter(prefix="/api")
-for router in (auth_router, orgs_router, tasks_router, notifications_router, notifications_ws_router):
+for router in (
+    auth_router,
+    orgs_router,
+    tasks_router,
+    emails_router,
+    notifications_router,
+    notifications_ws_router,
+):
     api.include_router(router)
 app.include_router(api)
 

@@ -155,6 +155,75 @@ class EmailService:
             )
         return queued
 
+    # --- repair: what an operator does from the CLI or an org admin from the API ----------------
+
+    @staticmethod
+    def retry(session: Session, email_ids: list[int] | None, org_id: int | None = None) -> list[int]:
+        """Give failed or cancelled emails a fresh set of attempts; `None` means every failed one.
+
+        Returns the ids that changed. Only those states move, in one conditional UPDATE, so a retry
+        can never touch an email being sent or already delivered.
+        """
+        retryable = (
+            [EmailStatus.failed, EmailStatus.cancelled] if email_ids is not None else [EmailStatus.failed]
+        )
+        query = update(EmailQueue).where(EmailQueue.status.in_(retryable))
+        if email_ids is not None:
+            query = query.where(EmailQueue.id.in_(email_ids))
+        if org_id is not None:
+            query = query.where(EmailQueue.org_id == org_id)
+        now = utcnow()
+        changed = list(
+            session.scalars(
+                query.values(status=EmailStatus.pending, attempts=0, next_attempt_at=now, updated_at=now)
+                .returning(EmailQueue.id)
+                .execution_options(synchronize_session=False)
+            )
+        )
+        for email_id in changed:
+            after_commit(session, lambda email_id=email_id: publish_wakeup(email_id))
+        session.commit()
+        return changed
+
+    @staticmethod
+    def cancel(session: Session, email_ids: list[int], org_id: int | None = None) -> list[int]:
+        """Stop pending emails from being sent; an email already being sent cannot be recalled."""
+        query = update(EmailQueue).where(
+            EmailQueue.status == EmailStatus.pending, EmailQueue.id.in_(email_ids)
+        )
+        if org_id is not None:
+            query = query.where(EmailQueue.org_id == org_id)
+        changed = list(
+            session.scalars(
+                query.values(status=EmailStatus.cancelled, updated_at=utcnow())
+                .returning(EmailQueue.id)
+                .execution_options(synchronize_session=False)
+            )
+        )
+        session.commit()
+        return changed
+
+    @staticmethod
+    def stats(session: Session, org_id: int | None = None) -> dict[str, int]:
+        """How many emails are in each status."""
+        query = select(EmailQueue.status, func.count()).group_by(EmailQueue.status)
+        if org_id is not None:
+            query = query.where(EmailQueue.org_id == org_id)
+        counts = {status.value: 0 for status in EmailStatus}
+        counts.update({status.value: count for status, count in session.execute(query)})
+        return counts
+
+    @staticmethod
+    def listing(
+        session: Session, status: EmailStatus | None, limit: int, offset: int = 0, org_id: int | None = None
+    ) -> list[EmailQueue]:
+        query = select(EmailQueue)
+        if status is not None:
+            query = query.where(EmailQueue.status == status)
+        if org_id is not None:
+            query = query.where(EmailQueue.org_id == org_id)
+        return list(session.scalars(query.order_by(EmailQueue.id.desc()).limit(limit).offset(offset)))
+
 
 def publish_wakeup(email_id: int) -> None:
     """Tell a worker the email is waiting. If Redis is down the row still waits for the processor."""

@@ -1,0 +1,61 @@
+"""Inspect and repair the email outbox: `python -m src.emails.cli {stats,list,retry,cancel}` from backend/."""
+
+import argparse
+import sys
+
+from src.db import SessionLocal
+from src.emails.models import EmailStatus
+from src.emails.service import EmailService
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m src.emails.cli", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("stats", help="how many emails are in each status")
+    listing = commands.add_parser("list", help="the newest emails, optionally of one status")
+    listing.add_argument("--status", choices=[s.value for s in EmailStatus])
+    listing.add_argument("--limit", type=int, default=20)
+    retry = commands.add_parser("retry", help="send failed (or cancelled) emails again, with fresh attempts")
+    target = retry.add_mutually_exclusive_group(required=True)
+    target.add_argument("ids", nargs="*", type=int, default=[], help="email ids")
+    target.add_argument("--all-failed", action="store_true", help="every failed email")
+    cancel = commands.add_parser("cancel", help="stop pending emails from being sent")
+    cancel.add_argument("ids", nargs="+", type=int, help="email ids")
+    args = parser.parse_args(argv)
+
+    with SessionLocal() as session:
+        if args.command == "stats":
+            for status, count in EmailService.stats(session).items():
+                print(f"{status:<10} {count}")
+            return 0
+        if args.command == "list":
+            if args.limit < 1:
+                parser.error("--limit must be at least 1")
+            status = EmailStatus(args.status) if args.status else None
+            for e in EmailService.listing(session, status, args.limit):
+                error = f"  [{e.last_error}]" if e.last_error else ""
+                tries = f"{e.attempts}/{e.max_attempts}"
+                print(f"{e.id:>8}  {e.status.value:<9} {tries}  {e.to_email}  {e.subject}{error}")
+            return 0
+        if args.command == "retry":
+            if not args.all_failed and not args.ids:
+                parser.error("name the email ids to retry, or --all-failed")
+            wanted = None if args.all_failed else args.ids
+            return _report("retried", wanted, EmailService.retry(session, wanted), "failed or cancelled")
+        return _report("cancelled", args.ids, EmailService.cancel(session, args.ids), "pending")
+
+
+def _report(verb: str, wanted: list[int] | None, changed: list[int], required_state: str) -> int:
+    print(f"{verb} {len(changed)} email(s){': ' + ' '.join(map(str, sorted(changed))) if changed else ''}")
+    skipped = sorted(set(wanted or ()) - set(changed))
+    if skipped:
+        print(
+            f"not {verb} (no such email, or not {required_state}): {' '.join(map(str, skipped))}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
