@@ -22,7 +22,9 @@ class Settings(BaseSettings):
     access_token_expire_minutes: int = 60
     public_base_url: str = "http://localhost:8000"
 
-    email_backend: str = ""  # "smtp" or "console"; empty: smtp when SMTP_HOST is set
+    email_backend: str = ""  # "smtp", "sendgrid" or "console"; empty: smtp when SMTP_HOST is set
+    sendgrid_api_key: str = ""
+    sendgrid_api_url: str = "https://api.sendgrid.com/v3/mail/send"
     smtp_host: str = ""
     smtp_port: int = 587
     smtp_user: str = ""

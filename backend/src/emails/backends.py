@@ -1,8 +1,8 @@
 """Where emails go: SMTP, or the console when no SMTP_HOST is set.
 
 A backend opens a connection; a connection sends one message at a time and raises `DeliveryError`
-saying whether the failure is worth retrying. Provider backends (SendGrid, SES) plug in here by
-adding a class with `connect()` and a name in `BACKENDS`.
+saying whether the failure is worth retrying. SendGrid's HTTP API is one; other providers
+(SES, ...) plug in the same way: a class with `connect()` and a name in `BACKENDS`.
 """
 
 import functools
@@ -11,6 +11,8 @@ import smtplib
 import ssl
 from email import message_from_bytes, policy
 from typing import Protocol
+
+import httpx
 
 from src.config import Settings
 
@@ -147,9 +149,73 @@ class ConsoleBackend:
         return ConsoleConnection()
 
 
-BACKENDS: dict[str, type[SmtpBackend] | type[ConsoleBackend]] = {
+class SendGridConnection:
+    """SendGrid's v3 Mail Send API over one kept-alive HTTPS connection.
+
+    The outbox holds the finished MIME message; SendGrid wants its parts as JSON, so they are read
+    back out of it. The Message-ID travels as a header, so retries keep the same one.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.url = settings.sendgrid_api_url
+        self.client = httpx.Client(
+            timeout=settings.smtp_timeout, headers={"Authorization": f"Bearer {settings.sendgrid_api_key}"}
+        )
+
+    def send(self, sender: str, recipient: str, message: bytes) -> None:
+        parsed = message_from_bytes(message, policy=policy.default)
+        content = [
+            {"type": part.get_content_type(), "value": part.get_content()}  # type: ignore[attr-defined]
+            for part in (parsed.get_body(("plain",)), parsed.get_body(("html",)))
+            if part is not None
+        ]
+        to_name, from_name = parsed["To"].addresses[0].display_name, parsed["From"].addresses[0].display_name
+        body = {
+            "personalizations": [{"to": [{"email": recipient, **({"name": to_name} if to_name else {})}]}],
+            "from": {"email": sender, **({"name": from_name} if from_name else {})},
+            "subject": str(parsed["Subject"]),
+            "content": content,
+            "headers": {"Message-ID": str(parsed["Message-ID"])},
+        }
+        try:
+            response = self.client.post(self.url, json=body)
+        except httpx.HTTPError as exc:
+            raise DeliveryError(f"SendGrid unreachable: {exc!r}", permanent=False, broken=True) from exc
+        if response.status_code == 202:
+            return
+        reason = f"SendGrid answered {response.status_code}: {_sendgrid_errors(response)}"
+        # 400 and 413 mean this message will never be accepted; anything else (a bad API key,
+        # rate limiting, an outage) can pass once fixed or over.
+        raise DeliveryError(reason, permanent=response.status_code in (400, 413), code=response.status_code)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _sendgrid_errors(response: httpx.Response) -> str:
+    try:
+        errors = response.json().get("errors", [])
+        return (
+            "; ".join(f"{e.get('field') or 'request'}: {e.get('message')}" for e in errors) or response.text
+        )
+    except ValueError:
+        return response.text[:500]
+
+
+class SendGridBackend:
+    def __init__(self, settings: Settings) -> None:
+        if not settings.sendgrid_api_key:
+            raise ValueError("EMAIL_BACKEND=sendgrid needs SENDGRID_API_KEY")
+        self.settings = settings
+
+    def connect(self) -> Connection:
+        return SendGridConnection(self.settings)
+
+
+BACKENDS: dict[str, type[SmtpBackend] | type[ConsoleBackend] | type[SendGridBackend]] = {
     "smtp": SmtpBackend,
     "console": ConsoleBackend,
+    "sendgrid": SendGridBackend,
 }
 
 
