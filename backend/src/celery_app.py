@@ -9,6 +9,7 @@ from celery import Celery
 from kombu import Queue
 
 from src.config import settings
+from src.redis_client import celery_transport_options
 
 app = Celery(
     "herald",
@@ -32,7 +33,9 @@ app.conf.update(
     task_ignore_result=True,
     result_expires=3600,
     broker_connection_retry_on_startup=True,
+    result_backend_transport_options=celery_transport_options(),
     broker_transport_options={
+        **celery_transport_options(),
         "visibility_timeout": settings.email_lease_seconds * 4,
         "socket_connect_timeout": 2,
         "socket_timeout": 5,

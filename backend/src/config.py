@@ -18,6 +18,7 @@ class Settings(BaseSettings):
     environment: str = "development"
     database_url: str = "sqlite:///./herald.db"
     redis_url: str = "redis://localhost:6379/0"
+    redis_sentinel_master: str = ""  # set to use Sentinel: REDIS_URL then lists the sentinels
     secret_key: str = DEFAULT_SECRET_KEY
     access_token_expire_minutes: int = 60
     public_base_url: str = "http://localhost:8000"

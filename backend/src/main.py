@@ -8,7 +8,6 @@ from contextlib import asynccontextmanager
 from fastapi import APIRouter, FastAPI
 
 from src.auth.api import router as auth_router
-from src.config import settings
 from src.emails.api import router as emails_router
 from src.errors import install_error_handlers
 from src.notifications.api import router as notifications_router
@@ -36,7 +35,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     access_log = logging.getLogger("uvicorn.access")
     if not any(isinstance(f, RedactQueryTokens) for f in access_log.filters):
         access_log.addFilter(RedactQueryTokens())
-    app.state.hub = LiveHub(settings.redis_url)
+    app.state.hub = LiveHub()
     await app.state.hub.start()
     app.state.hub.drain_on_exit_signals()
     yield

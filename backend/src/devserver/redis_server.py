@@ -38,9 +38,12 @@ def redis_answers(url: str, timeout: float = 0.5) -> bool:
 class PrivateRedis:
     """A redis-server child process on its own port, keeping nothing on disk."""
 
-    def __init__(self, port: int | None = None, workdir: str = "/tmp") -> None:
+    def __init__(
+        self, port: int | None = None, workdir: str = "/tmp", extra_args: tuple[str, ...] = ()
+    ) -> None:
         self.port = port or free_port()
         self.workdir = workdir
+        self.extra_args = extra_args
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -49,18 +52,9 @@ class PrivateRedis:
 
     def start(self, timeout: float = 10.0) -> "PrivateRedis":
         command = [
-            redis_server_binary(),
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            self.workdir,
-        ]
+            redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
+            "--save", "", "--appendonly", "no", "--dir", self.workdir, *self.extra_args,
+        ]  # fmt: skip
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while not redis_answers(self.url, timeout=0.2):

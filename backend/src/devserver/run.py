@@ -70,7 +70,7 @@ def main() -> None:
     RUN_DIR.mkdir(exist_ok=True)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     private_redis = None
-    if not redis_answers(settings.redis_url):
+    if not settings.redis_sentinel_master and not redis_answers(settings.redis_url):
         private_redis = PrivateRedis(workdir=str(RUN_DIR)).start()
         env["REDIS_URL"] = private_redis.url
         print(f"No Redis answered at {settings.redis_url}; started a private one at {private_redis.url}")

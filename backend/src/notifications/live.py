@@ -17,13 +17,13 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
-import redis.asyncio as aioredis
 from starlette.concurrency import run_in_threadpool
 
 from src.config import settings
 from src.db import SessionLocal
 from src.notifications.service import CHANNEL, NotificationService
 from src.orgs.service import member_org_ids
+from src.redis_client import async_redis
 
 log = logging.getLogger("herald.live")
 
@@ -46,8 +46,7 @@ class Subscriber:
 
 
 class LiveHub:
-    def __init__(self, redis_url: str) -> None:
-        self.redis_url = redis_url
+    def __init__(self) -> None:
         self.cursor = 0  # every seq up to here has been dispatched
         self.by_user: dict[int, set[Subscriber]] = {}
         self.by_org: dict[int, set[Subscriber]] = {}
@@ -96,9 +95,7 @@ class LiveHub:
     async def _run(self) -> None:
         delay = 0.1
         while not self._stopping:
-            client = aioredis.Redis.from_url(
-                self.redis_url, socket_connect_timeout=2, health_check_interval=10
-            )
+            client = async_redis(health_check_interval=10)
             pubsub = client.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(CHANNEL)

@@ -13,11 +13,11 @@ import redis
 from sqlalchemy import and_, exists, func, insert, or_, select
 from sqlalchemy.orm import Session
 
-from src.config import settings
 from src.db import SessionLocal, after_commit, utcnow
 from src.errors import NotFound
 from src.notifications.models import Notification, NotificationRead, NotificationSequence
 from src.orgs.models import Membership
+from src.redis_client import sync_redis
 
 log = logging.getLogger("herald.notifications")
 
@@ -29,7 +29,7 @@ _redis: redis.Redis | None = None
 def redis_client() -> redis.Redis:
     global _redis
     if _redis is None:
-        _redis = redis.Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
+        _redis = sync_redis()
     return _redis
 
 
