@@ -4,8 +4,8 @@ import logging
 from datetime import timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Request, WebSocket, WebSocketDisconnect, status
-from fastapi.responses import Response
+from fastapi import APIRouter, Header, HTTPException, Query, Request, WebSocket, WebSocketDisconnect, status
+from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from src.auth.deps import CurrentUser, DbSession, user_from_token
@@ -117,11 +117,8 @@ async def websocket_stream(
     """The same events as the SSE stream, as JSON text frames; `?since=` resumes."""
     try:
         user_id = await run_in_threadpool(_stream_user, websocket.headers.get("authorization"), token)
-    except Exception as exc:  # unauthorized: refuse the handshake
-        detail = getattr(exc, "detail", "unauthorized")
-        await websocket.send_denial_response(
-            Response(f'{{"detail": "{detail}"}}', 401, media_type="application/json")
-        )
+    except HTTPException as exc:  # unauthorized: refuse the handshake
+        await websocket.send_denial_response(JSONResponse({"detail": exc.detail}, exc.status_code))
         return
     await websocket.accept()
 

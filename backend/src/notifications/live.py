@@ -172,10 +172,6 @@ class LiveHub:
                 if not members:
                     del index[key]
 
-    @property
-    def subscriber_count(self) -> int:
-        return sum(len(s) for s in self.by_user.values())
-
 
 def _snapshot_last_seq() -> int:
     with SessionLocal() as session:
