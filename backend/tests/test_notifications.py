@@ -245,3 +245,20 @@ def test_websocket_resumes_with_since_and_keeps_alive(servers, team):
     assert [e["data"]["data"]["new_status"] for e in missed] == ["in_review", "done"]
     assert socket.next("ping", timeout=3) == {"event": "ping"}  # the test servers ping every second
     socket.close()
+
+
+def test_removed_member_hears_nothing_more(servers, team):
+    api_a, b = servers
+    org_id, task, alice, bob, _carol = team
+    api_a.patch(f"/api/tasks/{task['id']}", json={"assignee_id": bob.id}, headers=alice.headers)
+    stream = SseClient(stream_url(b, bob))
+    stream.next("unread_count")
+    assert api_a.delete(f"/api/orgs/{org_id}/members/{bob.id}", headers=alice.headers).status_code == 204
+    assert stream.ended.wait(5), "the removed member's stream stayed open"
+
+    after = api_a.get(f"/api/tasks/{task['id']}", headers=alice.headers).json()
+    assert after["assignee_id"] is None and bob.id not in after["watcher_ids"]
+    before = len(api_a.get("/api/notifications", headers=bob.headers).json()["items"])
+    move(api_a, task, alice, "done")
+    api_a.post(f"/api/orgs/{org_id}/announcements", json={"title": "Members only"}, headers=alice.headers)
+    assert len(api_a.get("/api/notifications", headers=bob.headers).json()["items"]) == before

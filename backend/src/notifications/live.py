@@ -38,6 +38,11 @@ class Subscriber:
     lagging: bool = False
     closing: bool = False
 
+    def close(self) -> None:
+        """End the stream cleanly; its client reconnects and recovers."""
+        self.closing = True
+        self.offer({"kind": "close"})
+
     def offer(self, event: dict[str, Any]) -> None:
         try:
             self.queue.put_nowait(event)
@@ -64,8 +69,7 @@ class LiveHub:
         """Ask every stream to end cleanly: clients reconnect (elsewhere) and recover what they miss."""
         for subscribers in self.by_user.values():
             for subscriber in subscribers:
-                subscriber.closing = True
-                subscriber.offer({"kind": "close"})
+                subscriber.close()
 
     def drain_on_exit_signals(self) -> None:
         """Drain when the server is told to stop, not after: it waits for open responses to finish,
@@ -142,6 +146,9 @@ class LiveHub:
         elif kind == "unread":
             for subscriber in self.by_user.get(message["user_id"], ()):
                 subscriber.offer(message)
+        elif kind == "revoke":
+            for subscriber in list(self.by_user.get(message["user_id"], ())):
+                subscriber.close()
 
     def _dispatch(self, recipient_id: int | None, payload: dict[str, Any]) -> None:
         self.cursor = payload["seq"]

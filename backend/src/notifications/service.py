@@ -212,6 +212,15 @@ def _announce_unread_after_commit(session: Session, user_id: int) -> None:
     after_commit(session, announce)
 
 
+def end_live_streams(user_id: int) -> None:
+    """Make every API process close the user's streams: they reconnect with their current
+    memberships (after a removal from an organization, its broadcasts stop reaching them)."""
+    try:
+        redis_client().publish(CHANNEL, json.dumps({"kind": "revoke", "user_id": user_id}))
+    except redis.RedisError as exc:
+        log.warning("could not end the live streams of user %s: %s", user_id, exc)
+
+
 def publish_pending() -> int:
     """Give every unpublished notification its `seq`, in id order, then publish them to Redis.
 

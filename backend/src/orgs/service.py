@@ -1,12 +1,15 @@
 """Organizations and who belongs to them: the boundary every other query is scoped by."""
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from src.auth.models import User
 from src.auth.service import get_user_by_email
+from src.db import after_commit
 from src.errors import Conflict, Forbidden, Invalid, NotFound
+from src.notifications.service import end_live_streams
 from src.orgs.models import Membership, Organization, Role
+from src.tasks.models import Task, task_watchers
 
 MANAGERS = (Role.owner, Role.admin)
 
@@ -87,14 +90,26 @@ def remove_member(session: Session, org_id: int, actor: User, user_id: int) -> N
     if membership.role == Role.owner:
         if actor_membership.role != Role.owner:
             raise Forbidden("only an owner can remove an owner")
-        owners = session.scalar(
-            select(func.count())
-            .select_from(Membership)
+        # Locked, so two owners removing each other at once cannot leave the organization ownerless.
+        owners = session.scalars(
+            select(Membership.id)
             .where(Membership.org_id == org_id, Membership.role == Role.owner)
-        )
-        if owners == 1:
+            .with_for_update()
+        ).all()
+        if len(owners) == 1:
             raise Conflict("an organization must keep at least one owner")
     session.delete(membership)
+    # A former member no longer hears about the organization's tasks, by email or live.
+    org_tasks = select(Task.id).where(Task.org_id == org_id)
+    session.execute(
+        update(Task).where(Task.org_id == org_id, Task.assignee_id == user_id).values(assignee_id=None)
+    )
+    session.execute(
+        delete(task_watchers).where(
+            task_watchers.c.user_id == user_id, task_watchers.c.task_id.in_(org_tasks)
+        )
+    )
+    after_commit(session, lambda: end_live_streams(user_id))
     session.commit()
 
 

@@ -32,13 +32,14 @@ def _record(session: Session, task: Task, actor: User, kind: str, old: object, n
     return event
 
 
-def audience(task: Task, actor: User) -> list[int]:
-    """Who hears about a change: assignee, reporter and watchers, never the person who made it."""
+def audience(session: Session, task: Task, actor: User) -> list[int]:
+    """Who hears about a change: assignee, reporter and watchers who are still members of the
+    organization, never the person who made it."""
     ids = {task.reporter_id, *(w.id for w in task.watchers)}
     if task.assignee_id is not None:
         ids.add(task.assignee_id)
     ids.discard(actor.id)
-    return sorted(ids)
+    return sorted(ids & member_ids(session, task.org_id))
 
 
 def create_task(
@@ -72,9 +73,13 @@ def create_task(
     return task
 
 
-def get_task(session: Session, task_id: int, user: User) -> Task:
-    """The task, if the caller belongs to its organization; otherwise it does not exist for them."""
-    task = session.get(Task, task_id)
+def get_task(session: Session, task_id: int, user: User, for_update: bool = False) -> Task:
+    """The task, if the caller belongs to its organization; otherwise it does not exist for them.
+
+    `for_update` locks the row until commit, so two concurrent changes cannot both start from the
+    same old status (and both notify about it).
+    """
+    task = session.get(Task, task_id, with_for_update=for_update, populate_existing=for_update)
     if task is None:
         raise NotFound("task not found")
     try:
@@ -105,7 +110,7 @@ def list_tasks(
 
 
 def update_task(session: Session, task_id: int, actor: User, patch: TaskPatch) -> Task:
-    task = get_task(session, task_id, actor)
+    task = get_task(session, task_id, actor, for_update=True)
     sent = patch.model_fields_set
     if "status" in sent and patch.status is None:
         raise Invalid("status cannot be null")
@@ -138,7 +143,7 @@ def change_status(session: Session, task: Task, actor: User, new_status: TaskSta
     event = _record(session, task, actor, "status_changed", old_status.value, new_status.value)
     task.status = new_status
     session.flush()
-    recipient_ids = audience(task, actor)
+    recipient_ids = audience(session, task, actor)
     recipients = [session.get_one(User, user_id) for user_id in recipient_ids]
     EmailService.queue_status_change_emails(
         session, task, actor, recipients, old_status.value, new_status.value, event.id
@@ -171,7 +176,7 @@ def _notify_assignee(session: Session, task: Task, actor: User) -> None:
 
 
 def set_watching(session: Session, task_id: int, actor: User, user_id: int, watch: bool) -> Task:
-    task = get_task(session, task_id, actor)
+    task = get_task(session, task_id, actor, for_update=True)
     watching = any(w.id == user_id for w in task.watchers)
     if watch and not watching:
         _require_members(session, task.org_id, [user_id], "watchers")
