@@ -77,3 +77,11 @@ def test_token_for_another_purpose_is_not_an_access_token(client, make_user):
 
 def test_healthz_is_open(client):
     assert client.get("/healthz").json() == {"status": "ok"}
+
+
+def test_register_refuses_addresses_plain_smtp_cannot_reach(client):
+    response = client.post(
+        "/api/auth/register", json={"email": "josé@example.com", "password": "s3cret-pass", "name": "José"}
+    )
+    assert response.status_code == 422
+    assert "Herald cannot send email to this address" in response.text

@@ -103,3 +103,25 @@ def test_unreachable_smtp_counts_one_attempt_and_releases_the_rest(db, monkeypat
     assert [e.attempts for e in emails] == [1, 0, 0]
     assert all(e.status == EmailStatus.pending for e in emails)
     assert "SMTP connect to 127.0.0.1:1 failed" in emails[0].last_error
+
+
+def test_long_names_and_international_domains_do_not_break_a_status_change(client, make_user, make_org):
+    from sqlalchemy import update
+
+    from src.auth.models import User
+    from src.notifications.models import Notification
+
+    alice, bob = make_user("alice"), make_user("bob")
+    org_id = make_org(alice, bob)
+    with SessionLocal() as session:
+        session.execute(update(User).where(User.id == alice.id).values(name="A" * 200))
+        session.execute(update(User).where(User.id == bob.id).values(email="bob@exämple.com"))
+        session.commit()
+    task = client.post(
+        f"/api/orgs/{org_id}/tasks", json={"title": "T" * 300, "watcher_ids": [bob.id]}, headers=alice.headers
+    ).json()
+    response = client.patch(f"/api/tasks/{task['id']}", json={"status": "done"}, headers=alice.headers)
+    assert response.status_code == 200
+    with SessionLocal() as session:
+        assert session.scalar(select(EmailQueue.to_email)) == "bob@xn--exmple-cua.com"
+        assert len(session.scalar(select(Notification.title))) == 300

@@ -1,12 +1,23 @@
 from datetime import datetime
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field
+from email_validator import EmailNotValidError, validate_email
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator
 
 
 class RegisterIn(BaseModel):
     email: EmailStr
     password: str = Field(min_length=8, max_length=256)
     name: str = Field(min_length=1, max_length=200)
+
+    @field_validator("email")
+    @classmethod
+    def _deliverable_over_plain_smtp(cls, email: str) -> str:
+        """Herald's emails go out without SMTPUTF8, so a non-ASCII local part could never get one."""
+        try:
+            validate_email(email, check_deliverability=False, allow_smtputf8=False)
+        except EmailNotValidError as exc:
+            raise ValueError(f"Herald cannot send email to this address: {exc}") from None
+        return email
 
 
 class LoginIn(BaseModel):

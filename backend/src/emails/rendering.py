@@ -1,6 +1,5 @@
 """Email content from Jinja2 templates: HTML autoescaped, plain text beside it."""
 
-import re
 from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
@@ -11,12 +10,6 @@ _env = Environment(
     undefined=StrictUndefined,
     keep_trailing_newline=True,
 )
-
-
-def one_line(value: str, limit: int = 200) -> str:
-    """User text made safe for a header: whitespace runs (CR/LF included) become one space."""
-    flat = re.sub(r"\s+", " ", value).strip()
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
 def render(template: str, **context: object) -> tuple[str, str]:

@@ -29,10 +29,11 @@ from src.config import settings
 from src.db import SessionLocal, UTCDateTime, after_commit, utcnow
 from src.emails.backends import Connection, DeliveryError, get_backend
 from src.emails.models import EmailAttempt, EmailQueue, EmailStatus
-from src.emails.rendering import one_line, render
+from src.emails.rendering import render
 from src.errors import Invalid
 from src.orgs.models import Organization
 from src.tasks.models import Task
+from src.text import one_line
 
 log = logging.getLogger("herald.emails")
 
@@ -43,8 +44,10 @@ def _check_header(name: str, value: str) -> None:
 
 
 def _normalized_address(address: str) -> str:
+    """The address as SMTP can carry it without SMTPUTF8: a non-ASCII domain becomes punycode."""
     try:
-        return validate_email(address, check_deliverability=False, allow_smtputf8=False).normalized
+        valid = validate_email(address, check_deliverability=False, allow_smtputf8=False)
+        return valid.ascii_email or valid.normalized
     except EmailNotValidError as exc:
         raise Invalid(f"invalid recipient address {address!r}: {exc}") from None
 
@@ -131,6 +134,11 @@ class EmailService:
         task_url = f"{settings.public_base_url.rstrip('/')}/api/tasks/{task.id}"
         queued = []
         for recipient in recipients:
+            try:
+                to_email = _normalized_address(recipient.email)
+            except Invalid as exc:  # one unreachable address must not block the status change
+                log.warning("no status email for user %s: %s", recipient.id, exc.detail)
+                continue
             text, html = render(
                 "task_status_changed",
                 recipient_name=recipient.name,
@@ -144,7 +152,7 @@ class EmailService:
             queued.append(
                 EmailService.queue_email(
                     session,
-                    to_email=recipient.email,
+                    to_email=to_email,
                     to_name=one_line(recipient.name),
                     subject=one_line(f"[{org.name}] {task.title}: {old_status} → {new_status}", 300),
                     body_text=text,

@@ -18,6 +18,7 @@ from src.errors import NotFound
 from src.notifications.models import Notification, NotificationRead, NotificationSequence
 from src.orgs.models import Membership
 from src.redis_client import sync_redis
+from src.text import one_line
 
 log = logging.getLogger("herald.notifications")
 
@@ -78,6 +79,7 @@ class NotificationService:
         data: dict[str, Any] | None = None,
     ) -> list[Notification]:
         """One notification per user, in the caller's transaction; published once it commits."""
+        title = one_line(title, 300)
         notifications = [
             Notification(org_id=org_id, recipient_id=uid, type=type, title=title, body=body, data=data or {})
             for uid in user_ids
@@ -98,7 +100,12 @@ class NotificationService:
     ) -> Notification:
         """One notification for every member of the organization, stored once."""
         notification = Notification(
-            org_id=org_id, recipient_id=None, type=type, title=title, body=body, data=data or {}
+            org_id=org_id,
+            recipient_id=None,
+            type=type,
+            title=one_line(title, 300),
+            body=body,
+            data=data or {},
         )
         session.add(notification)
         after_commit(session, publish_pending_quietly)
