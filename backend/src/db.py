@@ -1,5 +1,6 @@
 """The one engine and session factory, rebindable so tests can point Herald at their own database."""
 
+import logging
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 
@@ -8,6 +9,8 @@ from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
 from src.config import settings
+
+log = logging.getLogger("herald.db")
 
 
 class Base(DeclarativeBase):
@@ -86,8 +89,13 @@ def after_commit(session: Session, callback: Callable[[], None]) -> None:
 
 @event.listens_for(Session, "after_commit")
 def _run_after_commit(session: Session) -> None:
+    # The data is committed: a failing callback is logged, never turned into an error of the
+    # request, and never keeps the callbacks after it from running.
     for callback in session.info.pop("after_commit", []):
-        callback()
+        try:
+            callback()
+        except Exception:
+            log.exception("after-commit callback %r failed", callback)
 
 
 @event.listens_for(Session, "after_rollback")

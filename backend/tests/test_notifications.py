@@ -262,3 +262,19 @@ def test_removed_member_hears_nothing_more(servers, team):
     move(api_a, task, alice, "done")
     api_a.post(f"/api/orgs/{org_id}/announcements", json={"title": "Members only"}, headers=alice.headers)
     assert len(api_a.get("/api/notifications", headers=bob.headers).json()["items"]) == before
+
+
+def test_a_client_that_saw_no_notification_still_resumes_without_a_gap(servers, team):
+    api_a, b = servers
+    _org, task, alice, bob, _carol = team
+    stream = SseClient(stream_url(b, bob))
+    first = stream.next("unread_count")
+    assert "id" in first  # EventSource remembers it and sends it back as Last-Event-ID
+    stream.close()
+    move(api_a, task, alice, "in_progress")
+    token = api_a.post("/api/notifications/stream-token", headers=bob.headers).json()["token"]
+    resumed = SseClient(
+        f"{b.url}/api/notifications/stream?token={token}", headers={"Last-Event-ID": str(first["id"])}
+    )
+    assert resumed.next()["data"]["data"]["new_status"] == "in_progress"
+    resumed.close()

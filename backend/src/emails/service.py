@@ -115,8 +115,7 @@ class EmailService:
         session.add(email)
         session.flush()
         if wake_worker:
-            email_id = email.id
-            after_commit(session, lambda: publish_wakeup(email_id))
+            _Wakeups.for_session(session).email_ids.append(email.id)
         return email
 
     @staticmethod
@@ -188,8 +187,7 @@ class EmailService:
                 .execution_options(synchronize_session=False)
             )
         )
-        for email_id in changed:
-            after_commit(session, lambda email_id=email_id: publish_wakeup(email_id))
+        _Wakeups.for_session(session).email_ids.extend(changed)
         session.commit()
         return changed
 
@@ -233,14 +231,37 @@ class EmailService:
         return list(session.scalars(query.order_by(EmailQueue.id.desc()).limit(limit).offset(offset)))
 
 
-def publish_wakeup(email_id: int) -> None:
-    """Tell a worker the email is waiting. If Redis is down the row still waits for the processor."""
-    from src.emails.tasks.email_tasks import send_email_async
+class _Wakeups:
+    """The `send_email_async` messages a transaction owes once it commits, one per email.
 
-    try:
-        send_email_async.delay(email_id)
-    except Exception as exc:  # the broker is optional for correctness: log and move on
-        log.warning("could not publish email %s (%s); the queue processor will send it", email_id, exc)
+    If Redis refuses the first, the rest are not tried: each try can take a second or two, and the
+    queue processor sends those emails anyway.
+    """
+
+    def __init__(self) -> None:
+        self.email_ids: list[int] = []
+
+    @classmethod
+    def for_session(cls, session: Session) -> "_Wakeups":
+        for callback in session.info.get("after_commit", []):
+            if isinstance(callback, cls):
+                return callback
+        wakeups = cls()
+        after_commit(session, wakeups)
+        return wakeups
+
+    def __call__(self) -> None:
+        from src.emails.tasks.email_tasks import send_email_async
+
+        for index, email_id in enumerate(self.email_ids):
+            try:
+                send_email_async.delay(email_id)
+            except Exception as exc:  # the broker is optional for correctness: log and move on
+                waiting = len(self.email_ids) - index
+                log.warning(
+                    "could not publish %d email(s) (%s); the queue processor will send them", waiting, exc
+                )
+                return
 
 
 _SMTP_COMPAT32 = compat32.clone(linesep="\r\n")  # SMTP wants CRLF; smtplib does not fix bytes
@@ -303,6 +324,9 @@ def claim(session: Session, limit: int, email_ids: list[int] | None = None) -> C
     LOCKED, and re-checks a row changed under it before locking it; SQLite runs one writer at a time.
     Either way a row is never owned by two claims.
     """
+    # Stop sending well before the lease ends, so no one else can have reclaimed a row we still
+    # send. Counted from before the statement, which may wait for a lock.
+    deadline = time.monotonic() + settings.email_lease_seconds * 0.8
     now = utcnow()
     token = uuid.uuid4().hex
     candidates = select(EmailQueue.id).where(_due(now), EmailQueue.attempts < EmailQueue.max_attempts)
@@ -331,8 +355,6 @@ def claim(session: Session, limit: int, email_ids: list[int] | None = None) -> C
         .execution_options(synchronize_session=False)
     ).all()
     session.commit()
-    # Stop sending well before the lease ends, so no one else can have reclaimed a row we still send.
-    deadline = time.monotonic() + settings.email_lease_seconds * 0.8
     return Claim(token, sorted(claimed, key=lambda e: (-e.priority, e.id)), deadline)
 
 
@@ -540,6 +562,6 @@ def process_queue(time_budget: float | None = None, on_full_batch: Callable[[], 
         batches += 1
         if delivery.claimed == 0:  # a short batch may only mean another drainer took rows first
             break
-        if batches == 1 and on_full_batch is not None:
+        if batches == 1 and delivery.claimed >= settings.email_batch_size and on_full_batch is not None:
             on_full_batch()
     return sent

@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import signal
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from types import FrameType
@@ -99,15 +100,14 @@ class LiveHub:
     async def _run(self) -> None:
         delay = 0.1
         while not self._stopping:
-            client = async_redis(health_check_interval=10)
+            client = async_redis()
             pubsub = client.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(CHANNEL)
                 await self._catch_up()  # after subscribing: nothing can fall between the two
                 self.connected.set()
                 delay = 0.1
-                async for message in pubsub.listen():
-                    await self._handle(json.loads(message["data"]))
+                await self._listen(pubsub)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # Redis gone, or a bad message: resubscribe and catch up from the DB
@@ -118,6 +118,22 @@ class LiveHub:
                 await client.aclose()
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
+
+    async def _listen(self, pubsub: Any) -> None:
+        """Handle messages; when it is quiet, ping, and give up on a connection that stays silent
+        (a half-open TCP connection would otherwise keep the hub waiting for hours)."""
+        interval = settings.live_ping_seconds
+        last_heard = time.monotonic()
+        while True:
+            message = await pubsub.get_message(timeout=interval)
+            if message is None:
+                if time.monotonic() - last_heard > 3 * interval:
+                    raise ConnectionError(f"no answer from Redis for {3 * interval:.0f}s")
+                await pubsub.ping()
+                continue
+            last_heard = time.monotonic()
+            if message["type"] == "message":
+                await self._handle(json.loads(message["data"]))
 
     # --- dispatch ------------------------------------------------------------------------------
 
@@ -217,7 +233,9 @@ async def events(hub: LiveHub, user_id: int, since: int | None) -> AsyncIterator
                 out.append({"event": "unread_count", "data": {"count": unread}})
             return out
 
-        yield {"event": "unread_count", "data": {"count": unread}}
+        # Carrying an id, so even a client that gets no notification before it reconnects resumes
+        # from here (EventSource sends it back as Last-Event-ID) instead of from "now".
+        yield {"event": "unread_count", "id": sent_up_to, "data": {"count": unread}}
         if since is not None:  # replay what the client missed, page by page
             while True:
                 missed = await run_in_threadpool(_missed, user_id, sent_up_to)
