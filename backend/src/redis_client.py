@@ -5,6 +5,7 @@ With REDIS_SENTINEL_MASTER set, REDIS_URL lists the sentinels the way Celery doe
 master, so a failover needs no restart.
 """
 
+from typing import Any
 from urllib.parse import urlsplit
 
 import redis
@@ -31,24 +32,22 @@ def sentinel_hosts(url: str) -> tuple[list[tuple[str, int]], int, str | None]:
     return hosts, db, password
 
 
-def sync_redis(**options: object) -> redis.Redis:
+def _client(redis_class: Any, sentinel_class: Any, options: dict[str, object]) -> Any:
     if not settings.redis_sentinel_master:
-        return redis.Redis.from_url(settings.redis_url, **TIMEOUTS, **options)  # type: ignore[arg-type]
+        return redis_class.from_url(settings.redis_url, **TIMEOUTS, **options)
     hosts, db, password = sentinel_hosts(settings.redis_url)
-    sentinel = Sentinel(hosts, sentinel_kwargs=TIMEOUTS)
+    sentinel = sentinel_class(hosts, sentinel_kwargs=TIMEOUTS)
     return sentinel.master_for(
         settings.redis_sentinel_master, db=db, password=password, **TIMEOUTS, **options
     )
+
+
+def sync_redis(**options: object) -> redis.Redis:
+    return _client(redis.Redis, Sentinel, options)
 
 
 def async_redis(**options: object) -> aioredis.Redis:
-    if not settings.redis_sentinel_master:
-        return aioredis.Redis.from_url(settings.redis_url, **TIMEOUTS, **options)  # type: ignore[arg-type]
-    hosts, db, password = sentinel_hosts(settings.redis_url)
-    sentinel = AsyncSentinel(hosts, sentinel_kwargs=TIMEOUTS)
-    return sentinel.master_for(
-        settings.redis_sentinel_master, db=db, password=password, **TIMEOUTS, **options
-    )
+    return _client(aioredis.Redis, AsyncSentinel, options)
 
 
 def celery_transport_options() -> dict[str, object]:

@@ -58,7 +58,8 @@ def test_admins_watch_retry_and_cancel_their_orgs_emails(client, orgs):
         and retried.json()["attempts"] == 0
     )
     again = client.post(f"/api/orgs/{org_id}/emails/{failed}/retry", headers=alice.headers)
-    assert again.status_code == 409 and "this one is pending" in again.json()["detail"]
+    assert again.status_code == 409
+    assert again.json()["detail"] == "only failed or cancelled emails can be retried; this one is pending"
 
     cancelled = client.post(f"/api/orgs/{org_id}/emails/{pending}/cancel", headers=alice.headers)
     assert cancelled.json()["status"] == "cancelled"

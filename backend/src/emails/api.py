@@ -30,30 +30,28 @@ def list_emails(
     )
 
 
-def _one(session: DbSession, org_id: int, email_id: int) -> EmailQueue:
+def _change(session: DbSession, org_id: int, email_id: int, user: CurrentUser, action: str) -> EmailOut:
+    require_manager(session, org_id, user)
     email = session.get(EmailQueue, email_id)
     if email is None or email.org_id != org_id:
         raise NotFound("email not found")
-    return email
+    change, rule = {
+        "retry": (EmailService.retry, "only failed or cancelled emails can be retried"),
+        "cancel": (EmailService.cancel, "only pending emails can be cancelled"),
+    }[action]
+    if not change(session, [email_id], org_id=org_id):
+        raise Conflict(f"{rule}; this one is {email.status.value}")
+    session.refresh(email)
+    return EmailOut.model_validate(email)
 
 
 @router.post("/{email_id}/retry")
 def retry_email(org_id: int, email_id: int, user: CurrentUser, session: DbSession) -> EmailOut:
     """A failed or cancelled email gets a fresh set of attempts."""
-    require_manager(session, org_id, user)
-    email = _one(session, org_id, email_id)
-    if not EmailService.retry(session, [email_id], org_id=org_id):
-        raise Conflict(f"only failed or cancelled emails can be retried; this one is {email.status.value}")
-    session.refresh(email)
-    return EmailOut.model_validate(email)
+    return _change(session, org_id, email_id, user, "retry")
 
 
 @router.post("/{email_id}/cancel")
 def cancel_email(org_id: int, email_id: int, user: CurrentUser, session: DbSession) -> EmailOut:
     """A pending email will not be sent."""
-    require_manager(session, org_id, user)
-    email = _one(session, org_id, email_id)
-    if not EmailService.cancel(session, [email_id], org_id=org_id):
-        raise Conflict(f"only pending emails can be cancelled; this one is {email.status.value}")
-    session.refresh(email)
-    return EmailOut.model_validate(email)
+    return _change(session, org_id, email_id, user, "cancel")
