@@ -22,6 +22,7 @@ class Settings(BaseSettings):
     secret_key: str = DEFAULT_SECRET_KEY
     access_token_expire_minutes: int = 60
     public_base_url: str = "http://localhost:8000"
+    metrics_token: str = ""  # Prometheus scrapes /metrics with it; empty keeps /metrics closed
 
     email_backend: str = ""  # "smtp", "sendgrid" or "console"; empty: smtp when SMTP_HOST is set
     sendgrid_api_key: str = ""

@@ -13,6 +13,7 @@ from src.errors import install_error_handlers
 from src.notifications.api import router as notifications_router
 from src.notifications.api import ws_router as notifications_ws_router
 from src.notifications.live import LiveHub
+from src.ops.metrics import router as metrics_router
 from src.orgs.api import router as orgs_router
 from src.tasks.api import router as tasks_router
 
@@ -60,6 +61,7 @@ for router in (
 ):
     api.include_router(router)
 app.include_router(api)
+app.include_router(metrics_router)
 
 
 @app.get("/healthz", tags=["ops"])
