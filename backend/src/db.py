@@ -3,8 +3,10 @@
 import logging
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import Connection, DateTime, Engine, create_engine, event
+from sqlalchemy import Connection, DateTime, Engine, Table, create_engine, event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
@@ -71,6 +73,14 @@ def configure_engine(url: str) -> Engine:
         engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
     SessionLocal.configure(bind=engine)
     return engine
+
+
+def insert_ignoring_duplicates(session: Session, table: Table, rows: list[dict[str, Any]]) -> int:
+    """INSERT ... ON CONFLICT DO NOTHING: concurrent identical requests both succeed, once."""
+    dialect_insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    statement = dialect_insert(table).values(rows).on_conflict_do_nothing()
+    key = next(iter(table.primary_key.columns))
+    return len(session.execute(statement.returning(key)).all())  # rows really inserted
 
 
 def get_session() -> Iterator[Session]:

@@ -1,6 +1,7 @@
 from datetime import timedelta
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from src.auth.models import User
@@ -22,7 +23,11 @@ def register(session: Session, email: str, password: str, name: str) -> User:
         raise Conflict("a user with this email already exists")
     user = User(email=normalize_email(email), name=name.strip(), password_hash=hash_password(password))
     session.add(user)
-    session.commit()
+    try:
+        session.commit()
+    except IntegrityError:  # the same email registered at the same instant
+        session.rollback()
+        raise Conflict("a user with this email already exists") from None
     return user
 
 

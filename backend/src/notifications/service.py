@@ -10,10 +10,10 @@ from datetime import UTC
 from typing import Any
 
 import redis
-from sqlalchemy import and_, exists, func, insert, or_, select
+from sqlalchemy import and_, exists, func, or_, select
 from sqlalchemy.orm import Session
 
-from src.db import SessionLocal, after_commit, utcnow
+from src.db import SessionLocal, after_commit, insert_ignoring_duplicates, utcnow
 from src.errors import NotFound
 from src.notifications.models import Notification, NotificationRead, NotificationSequence
 from src.orgs.models import Membership
@@ -151,28 +151,29 @@ class NotificationService:
         )
         if notification is None:
             raise NotFound("notification not found")
-        read = session.get(NotificationRead, (notification_id, user_id))
-        if read is None:
-            read = NotificationRead(notification_id=notification_id, user_id=user_id, read_at=utcnow())
-            session.add(read)
-            session.flush()
+        row = {"notification_id": notification_id, "user_id": user_id, "read_at": utcnow()}
+        if insert_ignoring_duplicates(session, NotificationRead.__table__, [row]):
             _announce_unread_after_commit(session, user_id)
         session.commit()
-        return to_payload(notification, read.read_at)
+        read_at = session.scalar(
+            select(NotificationRead.read_at).where(
+                NotificationRead.notification_id == notification_id, NotificationRead.user_id == user_id
+            )
+        )
+        return to_payload(notification, read_at)
 
     @staticmethod
     def mark_all_read(session: Session, user_id: int) -> int:
         unread = select(Notification.id).where(_visible_to(user_id), _unread_by(user_id))
         ids = list(session.scalars(unread))
+        marked = 0
         if ids:
             now = utcnow()
-            session.execute(
-                insert(NotificationRead),
-                [{"notification_id": i, "user_id": user_id, "read_at": now} for i in ids],
-            )
+            rows = [{"notification_id": i, "user_id": user_id, "read_at": now} for i in ids]
+            marked = insert_ignoring_duplicates(session, NotificationRead.__table__, rows)
             _announce_unread_after_commit(session, user_id)
         session.commit()
-        return len(ids)
+        return marked
 
     @staticmethod
     def unread_snapshot(session: Session, user_id: int) -> tuple[int, int]:

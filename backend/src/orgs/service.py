@@ -1,6 +1,7 @@
 """Organizations and who belongs to them: the boundary every other query is scoped by."""
 
 from sqlalchemy import delete, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from src.auth.models import User
@@ -78,7 +79,11 @@ def add_member(session: Session, org_id: int, actor: User, email: str, role: Rol
         raise Conflict("this user is already a member of the organization")
     membership = Membership(org_id=org_id, user_id=user.id, role=role)
     session.add(membership)
-    session.commit()
+    try:
+        session.commit()
+    except IntegrityError:  # added twice at the same instant
+        session.rollback()
+        raise Conflict("this user is already a member of the organization") from None
     return membership
 
 
