@@ -94,8 +94,11 @@ class LiveHub:
         self._stopping = True
         self.drain()
         if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), 6)
+            except TimeoutError:
+                self._task.cancel()
+                await asyncio.gather(self._task, return_exceptions=True)
 
     async def _run(self) -> None:
         delay = 0.1
@@ -116,22 +119,27 @@ class LiveHub:
                 self.connected.clear()
                 await pubsub.aclose()
                 await client.aclose()
-            await asyncio.sleep(delay)
+            if not self._stopping:
+                await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
 
     async def _listen(self, pubsub: Any) -> None:
         """Handle messages; when it is quiet, ping, and give up on a connection that stays silent
         (a half-open TCP connection would otherwise keep the hub waiting for hours)."""
         interval = settings.live_ping_seconds
-        last_heard = time.monotonic()
-        while True:
-            message = await pubsub.get_message(timeout=interval)
+        last_heard = last_ping = time.monotonic()
+        # Short reads, so stop() is noticed at once: cancelling a redis-py read with a timeout can hang.
+        while not self._stopping:
+            message = await pubsub.get_message(timeout=0.2)
+            now = time.monotonic()
             if message is None:
-                if time.monotonic() - last_heard > 3 * interval:
+                if now - last_heard > 3 * interval:
                     raise ConnectionError(f"no answer from Redis for {3 * interval:.0f}s")
-                await pubsub.ping()
+                if now - last_ping > interval:
+                    await pubsub.ping()
+                    last_ping = now
                 continue
-            last_heard = time.monotonic()
+            last_heard = now
             if message["type"] == "message":
                 await self._handle(json.loads(message["data"]))
 
