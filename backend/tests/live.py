@@ -10,13 +10,22 @@ from websockets.sync.client import connect
 
 
 class StreamClient:
-    """Collects a stream's events; `next()` waits for the next one of a kind."""
+    """Collects a stream's events; `next()` waits for the next one of a kind.
+
+    A client is returned once its stream has sent its first event (the unread count): from then on
+    the server has it subscribed, so whatever happens next reaches it.
+    """
 
     def __init__(self) -> None:
+        self.subscribed = threading.Event()
         self.events: queue.Queue[dict] = queue.Queue()
         self.status: int | None = None
         self.opened = threading.Event()
         self.ended = threading.Event()
+
+    def _put(self, event: dict) -> None:
+        self.events.put(event)
+        self.subscribed.set()
 
     def next(self, event: str = "notification", timeout: float = 5.0) -> dict:
         while True:
@@ -41,6 +50,8 @@ class SseClient(StreamClient):
         self._client = httpx.Client(timeout=httpx.Timeout(5.0, read=30.0))
         threading.Thread(target=self._read, args=(url, headers or {}), daemon=True).start()
         assert self.opened.wait(10), "the stream did not answer"
+        if self.status == 200:
+            assert self.subscribed.wait(10), "the stream sent nothing"
 
     def _read(self, url: str, headers: dict[str, str]) -> None:
         try:
@@ -55,7 +66,7 @@ class SseClient(StreamClient):
                 for line in response.iter_lines():
                     if not line:
                         if event:
-                            self.events.put(event)
+                            self._put(event)
                         event = {}
                     elif not line.startswith(":"):
                         field, _, value = line.partition(":")
@@ -83,11 +94,12 @@ class WsClient(StreamClient):
         self.status = 101
         self.opened.set()
         threading.Thread(target=self._read, daemon=True).start()
+        assert self.subscribed.wait(10), "the stream sent nothing"
 
     def _read(self) -> None:
         try:
             for message in self.socket:
-                self.events.put(json.loads(message))
+                self._put(json.loads(message))
         except Exception as exc:  # closed
             print("ws reader ended:", repr(exc))
         finally:
