@@ -13,6 +13,8 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+from src.devserver.redis_server import die_with_parent
+
 BACKEND_DIR = Path(__file__).resolve().parents[2]
 
 
@@ -32,7 +34,7 @@ class ManagedProcess:
         with self.logfile.open("ab") as log:
             self.process = subprocess.Popen(
                 self.command, cwd=BACKEND_DIR, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True,
+                start_new_session=True, preexec_fn=die_with_parent,
             )  # fmt: skip
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and self.process.poll() is None:

