@@ -317,8 +317,11 @@ class Claim:
     expires_at_monotonic: float
 
 
-def claim(session: Session, limit: int, email_ids: list[int] | None = None) -> Claim:
-    """Atomically take up to `limit` due emails (only `email_ids`, when given) for this worker.
+def claim(
+    session: Session, limit: int, only: list[int] | None = None, first: list[int] | None = None
+) -> Claim:
+    """Atomically take up to `limit` due emails for this worker: only those in `only` when given,
+    and those in `first` ahead of the rest.
 
     One statement picks and updates the rows. On PostgreSQL the picking SELECT locks them with SKIP
     LOCKED, and re-checks a row changed under it before locking it; SQLite runs one writer at a time.
@@ -330,12 +333,15 @@ def claim(session: Session, limit: int, email_ids: list[int] | None = None) -> C
     now = utcnow()
     token = uuid.uuid4().hex
     candidates = select(EmailQueue.id).where(_due(now), EmailQueue.attempts < EmailQueue.max_attempts)
-    if email_ids is not None:
-        candidates = candidates.where(EmailQueue.id.in_(email_ids))
+    if only is not None:
+        candidates = candidates.where(EmailQueue.id.in_(only))
+    order = [EmailQueue.priority.desc(), EmailQueue.next_attempt_at, EmailQueue.id]
+    if first:
+        order.insert(0, EmailQueue.id.in_(first).desc())
     # A materialized CTE runs the locking SELECT exactly once. As `id IN (subquery)` PostgreSQL may
     # re-run it per outer row, and with SKIP LOCKED every run picks new rows: one claim takes all.
     picked = (
-        candidates.order_by(EmailQueue.priority.desc(), EmailQueue.next_attempt_at, EmailQueue.id)
+        candidates.order_by(*order)
         .limit(limit)
         .with_for_update(skip_locked=True)
         .cte("picked")
@@ -508,18 +514,14 @@ class Delivery:
 
 
 def deliver(email_ids: list[int] | None = None, fill: bool = True) -> Delivery:
-    """Claim and send: `email_ids` first, then (with `fill`) other due emails up to the batch size."""
-    result = Delivery()
+    """Claim and send, over one connection: `email_ids` first, then (with `fill`) other due emails
+    up to the batch size."""
     with SessionLocal() as session:
-        if email_ids:
-            own = claim(session, len(email_ids), email_ids)
-            result.claimed += len(own.emails)
-            result.sent += send_claimed(session, own) if own.emails else 0
-        if fill and result.claimed < settings.email_batch_size:
-            others = claim(session, settings.email_batch_size - result.claimed)
-            result.claimed += len(others.emails)
-            result.sent += send_claimed(session, others) if others.emails else 0
-    return result
+        if fill:
+            batch = claim(session, settings.email_batch_size, first=email_ids)
+        else:
+            batch = claim(session, len(email_ids or ()), only=email_ids or [])
+        return Delivery(len(batch.emails), send_claimed(session, batch) if batch.emails else 0)
 
 
 def fail_abandoned(session: Session) -> int:

@@ -22,7 +22,7 @@ from starlette.concurrency import run_in_threadpool
 
 from src.config import settings
 from src.db import SessionLocal
-from src.notifications.service import CHANNEL, NotificationService
+from src.notifications.service import CHANNEL, NotificationService, last_seq
 from src.orgs.service import member_org_ids
 from src.redis_client import async_redis
 
@@ -63,7 +63,7 @@ class LiveHub:
     # --- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self.cursor = await run_in_threadpool(_snapshot_last_seq)
+        self.cursor = await run_in_threadpool(_last_seq)
         self._task = asyncio.create_task(self._run(), name="herald-live-hub")
 
     def drain(self) -> None:
@@ -204,9 +204,9 @@ class LiveHub:
                     del index[key]
 
 
-def _snapshot_last_seq() -> int:
+def _last_seq() -> int:
     with SessionLocal() as session:
-        return NotificationService.unread_snapshot(session, user_id=0)[1]
+        return last_seq(session)
 
 
 def _published_since(after_seq: int) -> list[tuple[int | None, dict[str, Any]]]:

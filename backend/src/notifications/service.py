@@ -34,6 +34,22 @@ def redis_client() -> redis.Redis:
     return _redis
 
 
+_LAST_SEQ = select(NotificationSequence.last_seq).where(NotificationSequence.id == 1)
+
+
+def last_seq(session: Session) -> int:
+    """The highest `seq` given out so far."""
+    return session.scalar(_LAST_SEQ) or 0
+
+
+def _publish(message: dict[str, Any]) -> None:
+    """One message on the fan-out channel; Redis being down is logged, the database still has it all."""
+    try:
+        redis_client().publish(CHANNEL, json.dumps(message))
+    except redis.RedisError as exc:
+        log.warning("could not publish %s message: %s", message["kind"], exc)
+
+
 def _visible_to(user_id: int) -> Any:
     """A user's own notifications and the broadcasts of the organizations they belong to."""
     return or_(
@@ -182,9 +198,7 @@ class NotificationService:
         A stream counts every later notification it delivers on top of this, so its count matches
         the API's once delivery catches up.
         """
-        watermark = (
-            select(NotificationSequence.last_seq).where(NotificationSequence.id == 1).scalar_subquery()
-        )
+        watermark = _LAST_SEQ.scalar_subquery()
         count = (
             select(func.count())
             .select_from(Notification)
@@ -211,11 +225,7 @@ def _announce_unread_after_commit(session: Session, user_id: int) -> None:
     def announce() -> None:
         with SessionLocal() as fresh:
             count, watermark = NotificationService.unread_snapshot(fresh, user_id)
-        message = {"kind": "unread", "user_id": user_id, "count": count, "watermark": watermark}
-        try:
-            redis_client().publish(CHANNEL, json.dumps(message))
-        except redis.RedisError as exc:
-            log.warning("could not publish unread count of user %s: %s", user_id, exc)
+        _publish({"kind": "unread", "user_id": user_id, "count": count, "watermark": watermark})
 
     after_commit(session, announce)
 
@@ -223,10 +233,7 @@ def _announce_unread_after_commit(session: Session, user_id: int) -> None:
 def end_live_streams(user_id: int) -> None:
     """Make every API process close the user's streams: they reconnect with their current
     memberships (after a removal from an organization, its broadcasts stop reaching them)."""
-    try:
-        redis_client().publish(CHANNEL, json.dumps({"kind": "revoke", "user_id": user_id}))
-    except redis.RedisError as exc:
-        log.warning("could not end the live streams of user %s: %s", user_id, exc)
+    _publish({"kind": "revoke", "user_id": user_id})
 
 
 def publish_pending() -> int:
@@ -280,5 +287,4 @@ def publish_pending_quietly() -> None:
 def publish_tick() -> None:
     """Tell every stream the highest seq given out, so one that missed a message notices the gap."""
     with SessionLocal() as session:
-        last_seq = session.scalar(select(NotificationSequence.last_seq).where(NotificationSequence.id == 1))
-    redis_client().publish(CHANNEL, json.dumps({"kind": "tick", "seq": last_seq or 0}))
+        _publish({"kind": "tick", "seq": last_seq(session)})

@@ -20,7 +20,8 @@ from src.db import SessionLocal, utcnow
 from src.emails.models import EmailQueue, EmailStatus
 from src.emails.service import EmailService
 from src.notifications.live import LiveHub
-from src.notifications.models import Notification, NotificationSequence
+from src.notifications.models import Notification
+from src.notifications.service import last_seq
 
 router = APIRouter(tags=["ops"])
 
@@ -36,7 +37,7 @@ class HeraldCollector:
                 select(func.min(EmailQueue.next_attempt_at)).where(EmailQueue.status == EmailStatus.pending)
             )
             unpublished = session.scalar(select(func.count()).where(Notification.seq.is_(None))) or 0
-            last_seq = session.scalar(select(NotificationSequence.last_seq)) or 0
+            given_out = last_seq(session)
         emails = GaugeMetricFamily("herald_emails", "Emails in the outbox, by status", labels=["status"])
         for email_status, count in counts.items():
             emails.add_metric([email_status], count)
@@ -58,7 +59,7 @@ class HeraldCollector:
         )  # fmt: skip
         yield GaugeMetricFamily(
             "herald_live_hub_lag", "Notifications given out but not yet dispatched by this process",
-            value=max(0, last_seq - self.hub.cursor),
+            value=max(0, given_out - self.hub.cursor),
         )  # fmt: skip
 
 
