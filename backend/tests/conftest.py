@@ -54,6 +54,21 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         pytest.exit("CI=true but services are missing: " + "; ".join(_problems.values()), returncode=3)
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    """A failing test's report ends with the recent log lines of the servers and workers it ran,
+    so a failure in CI can be understood from its output alone."""
+    outcome = yield
+    report = outcome.get_result()
+    if not report.failed:
+        return
+    started = call.start - 5
+    for log in sorted(RUN_DIR.glob("*.log")):
+        if log.stat().st_mtime >= started:
+            tail = log.read_text(errors="replace").splitlines()[-40:]
+            report.sections.append((f"{log.name}, last lines", "\n".join(tail)))
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     if _redis is not None:
         _redis.stop()
@@ -223,12 +238,15 @@ def celery_worker(database_url: str, smtp_sink):
 
 @pytest.fixture
 def worker(celery_worker, db):
-    """The shared worker, running (a test may have stopped or killed it) and idle at the end."""
-    if celery_worker.process is None:
+    """The shared worker, running and connected, as a supervisor (systemd) keeps it in production.
+
+    A test may have stopped or killed it, or restarted Redis under it; a Celery worker that loses
+    Redis while it holds unacknowledged messages can exit with "Unrecoverable error" (kombu).
+    """
+    if not celery_worker.running:
         celery_worker.start()
-    yield celery_worker
-    if celery_worker.process is None:
-        celery_worker.start()
+    celery_worker.wait_until_connected()
+    return celery_worker
 
 
 @pytest.fixture(scope="session")

@@ -28,6 +28,10 @@ class ManagedProcess:
     def is_ready(self, log_since_start: bytes) -> bool:
         raise NotImplementedError
 
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
     def start(self, timeout: float = 30.0) -> "ManagedProcess":
         self.logfile.parent.mkdir(parents=True, exist_ok=True)
         offset = self.logfile.stat().st_size if self.logfile.exists() else 0
@@ -74,16 +78,34 @@ class ManagedProcess:
 class CeleryWorker(ManagedProcess):
     def __init__(self, env: dict[str, str], logfile: Path, concurrency: int = 2) -> None:
         self.concurrency = concurrency
+        self.name = f"herald-{uuid.uuid4().hex[:8]}"
         command = [
             sys.executable, "-m", "celery", "-A", "src.celery_app", "worker",
             "--loglevel=info", f"--concurrency={concurrency}", "--pool=prefork",
-            "--queues=emails,notifications,default", f"--hostname=herald-{uuid.uuid4().hex[:8]}@%h",
+            "--queues=emails,notifications,default", f"--hostname={self.name}@%h",
             "--without-gossip", "--without-mingle",
         ]  # fmt: skip
         super().__init__(command, env, logfile)
 
     def is_ready(self, log_since_start: bytes) -> bool:
         return b" ready." in log_since_start
+
+    def wait_until_connected(self, timeout: float = 30.0) -> None:
+        """Wait until the worker answers a ping through the broker. After losing Redis it reconnects
+        with a growing back-off (2 s, 4 s, ...), and tasks sent meanwhile wait in the queue."""
+        from src.celery_app import app
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with app.connection_for_write() as connection:  # a fresh one: Redis may have restarted
+                try:
+                    replies = app.control.ping(timeout=1.0, limit=1, connection=connection)
+                except connection.connection_errors:
+                    time.sleep(0.5)
+                    continue
+            if any(name.startswith(f"{self.name}@") for reply in replies for name in reply):
+                return
+        raise RuntimeError(f"the worker did not answer a ping within {timeout:.0f}s; see {self.logfile}")
 
 
 class ApiServer(ManagedProcess):

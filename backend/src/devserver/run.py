@@ -2,9 +2,11 @@
 
 Migrates, seeds the demo, then runs the API on :8000, a Celery worker and beat, and a local SMTP sink
 on :1025 (mail lands in backend/.run/mail/), each line of output prefixed by its process. Uses the Redis
-at REDIS_URL when one answers, otherwise starts a private one. Ctrl-C stops everything it started.
+at REDIS_URL when one answers, otherwise starts a private one. A process that exits is restarted, as
+systemd would; Ctrl-C (or SIGTERM) stops everything it started.
 """
 
+import argparse
 import os
 import signal
 import subprocess
@@ -21,9 +23,7 @@ from src.db import SessionLocal
 from src.devserver.redis_server import PrivateRedis, die_with_parent, redis_answers
 from src.devserver.seed import seed_demo
 
-RUN_DIR = BACKEND_DIR / ".run"
-SINK_PORT = 1025
-API_PORT = int(os.environ.get("PORT", "8000"))
+CRASH_LOOP_SECONDS = 10
 COLORS = {"api": 32, "worker": 34, "beat": 35, "smtp": 33, "redis": 31}
 
 
@@ -50,6 +50,29 @@ def _start(name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[
     return process
 
 
+class Child:
+    """One supervised process, restarted when it exits, as systemd does in production (a Celery
+    worker can exit on its own when Redis goes away). Two quick exits in a row are a crash loop."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str]) -> None:
+        self.name, self.argv, self.env = name, argv, env
+        self.process = _start(name, argv, env)
+        self.started = time.monotonic()
+        self.quick_exits = 0
+
+    def restart_if_exited(self) -> None:
+        code = self.process.poll()
+        if code is None:
+            return
+        quick = time.monotonic() - self.started < CRASH_LOOP_SECONDS
+        self.quick_exits = self.quick_exits + 1 if quick else 0
+        if self.quick_exits > 1:
+            raise SystemExit(f"{self.name} keeps exiting (code {code}); stopping everything.")
+        print(f"{self.name} exited with code {code}; restarting it.", flush=True)
+        self.process = _start(self.name, self.argv, self.env)
+        self.started = time.monotonic()
+
+
 def _stop(processes: list[subprocess.Popen[str]]) -> None:
     for process in processes:
         if process.poll() is None:
@@ -66,18 +89,27 @@ def _interrupt(_signum: int, _frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def _arguments() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Run Herald locally: API, worker, beat, SMTP sink.")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")), help="API port")
+    parser.add_argument("--sink-port", type=int, default=1025, help="port of the local SMTP sink")
+    parser.add_argument("--run-dir", type=Path, default=BACKEND_DIR / ".run", help="logs, mail, state")
+    return parser.parse_args()
+
+
 def main() -> None:
+    args = _arguments()
     signal.signal(signal.SIGTERM, _interrupt)
-    RUN_DIR.mkdir(exist_ok=True)
+    args.run_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     private_redis = None
     if not settings.redis_sentinel_master and not redis_answers(settings.redis_url):
-        private_redis = PrivateRedis(workdir=str(RUN_DIR)).start()
+        private_redis = PrivateRedis(workdir=str(args.run_dir)).start()
         env["REDIS_URL"] = private_redis.url
         print(f"No Redis answered at {settings.redis_url}; started a private one at {private_redis.url}")
     if not settings.smtp_host:
         env.update(
-            SMTP_HOST="127.0.0.1", SMTP_PORT=str(SINK_PORT), SMTP_USE_TLS="false", SMTP_USE_SSL="false"
+            SMTP_HOST="127.0.0.1", SMTP_PORT=str(args.sink_port), SMTP_USE_TLS="false", SMTP_USE_SSL="false"
         )
 
     alembic_config = Config(str(BACKEND_DIR / "alembic.ini"))
@@ -87,44 +119,39 @@ def main() -> None:
 
     python = sys.executable
     celery = [python, "-m", "celery", "-A", "src.celery_app"]
-    processes = [
-        _start(
-            "smtp",
-            [
-                python,
-                "-m",
-                "src.devserver.smtp_sink",
-                "--port",
-                str(SINK_PORT),
-                "--maildir",
-                str(RUN_DIR / "mail"),
-            ],
-            env,
-        ),
-        _start("api", [python, "-m", "uvicorn", "src.main:app", "--port", str(API_PORT)], env),
-        _start("worker", [*celery, "worker", "--loglevel=info", "--concurrency=2"], env),
-        _start(
-            "beat",
-            [*celery, "beat", "--loglevel=info", "--schedule", str(RUN_DIR / "celerybeat-schedule")],
-            env,
-        ),
-    ]
+    maildir = args.run_dir / "mail"
+    commands = {
+        "smtp": [
+            python,
+            "-m",
+            "src.devserver.smtp_sink",
+            "--port",
+            str(args.sink_port),
+            "--maildir",
+            str(maildir),
+        ],
+        "api": [python, "-m", "uvicorn", "src.main:app", "--port", str(args.port)],
+        "worker": [*celery, "worker", "--loglevel=info", "--concurrency=2"],
+        "beat": [*celery, "beat", "--loglevel=info", "--schedule", str(args.run_dir / "celerybeat-schedule")],
+    }
+    children = {name: Child(name, argv, env) for name, argv in commands.items()}
     print(
-        f"\nHerald is running: API http://localhost:{API_PORT}/docs"
-        f" | mail sink :{SINK_PORT} -> {Path(RUN_DIR / 'mail').relative_to(BACKEND_DIR.parent)}/\n"
+        f"\nHerald is running: API http://localhost:{args.port}/docs"
+        f" | mail sink :{args.sink_port} -> {maildir}/\n"
         "Demo logins (POST /api/auth/login):\n"
         + "".join(f"  {email} / {password}\n" for email, password in logins)
         + "Ctrl-C stops everything.\n",
         flush=True,
     )
     try:
-        while all(process.poll() is None for process in processes):
+        while True:
             time.sleep(0.5)
-        print("A process exited; stopping the others.")
+            for child in children.values():
+                child.restart_if_exited()
     except KeyboardInterrupt:
         print("\nStopping...")
     finally:
-        _stop(processes)
+        _stop([child.process for child in children.values()])
         if private_redis:
             private_redis.stop()
 
