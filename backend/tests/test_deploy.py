@@ -1,0 +1,26 @@
+"""The systemd units in deploy/ are valid and start what this checkout has."""
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+BACKEND = Path(__file__).resolve().parents[1]
+UNITS = sorted((BACKEND.parent / "deploy" / "systemd").glob("*.service"))
+
+
+@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze is not installed")
+def test_systemd_units_verify_against_this_checkout(tmp_path):
+    """Installed under /opt/herald/backend; here that path is this checkout, so every ExecStart must
+    name a file that exists and is executable."""
+    assert {unit.name for unit in UNITS} >= {"herald-api.service", "herald-worker.service"}
+    for unit in UNITS:
+        text = unit.read_text().replace("/opt/herald/backend", str(BACKEND))
+        (tmp_path / unit.name).write_text(text)
+    result = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", *sorted(str(p) for p in tmp_path.iterdir())],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0 and not result.stderr.strip(), result.stderr
