@@ -4,7 +4,7 @@ import logging
 from email import message_from_bytes, policy
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from src.db import SessionLocal
 from src.emails import service
@@ -97,7 +97,7 @@ def test_unreachable_smtp_counts_one_attempt_and_releases_the_rest(db, monkeypat
         for n in range(3):
             EmailService.queue_email(session, **{**GOOD, "subject": f"Hello {n}"}, wake_worker=False)
         session.commit()
-    assert service.deliver().sent == 0
+    assert service.process_queue(time_budget=5) == 0  # one try, not one per email
     with SessionLocal() as session:
         emails = list(session.scalars(select(EmailQueue).order_by(EmailQueue.id)))
     assert [e.attempts for e in emails] == [1, 0, 0]
@@ -125,3 +125,47 @@ def test_long_names_and_international_domains_do_not_break_a_status_change(clien
     with SessionLocal() as session:
         assert session.scalar(select(EmailQueue.to_email)) == "bob@xn--exmple-cua.com"
         assert len(session.scalar(select(Notification.title))) == 300
+
+
+@pytest.fixture
+def to_sink(db, sink, monkeypatch):
+    monkeypatch.setattr(service.settings, "smtp_host", "127.0.0.1")
+    monkeypatch.setattr(service.settings, "smtp_port", sink.port)
+    monkeypatch.setattr(service.settings, "smtp_use_tls", False)
+    with SessionLocal() as session:
+        for n in range(3):
+            EmailService.queue_email(session, **{**GOOD, "subject": f"Hello {n}"}, wake_worker=False)
+        session.commit()
+    return sink
+
+
+def statuses() -> list[tuple[EmailStatus, int]]:
+    with SessionLocal() as session:
+        return [(e.status, e.attempts) for e in session.scalars(select(EmailQueue).order_by(EmailQueue.id))]
+
+
+def test_a_421_to_rcpt_reconnects_for_the_next_email(to_sink):
+    to_sink.rcpt_replies.extend(["250 OK", "421 4.7.0 closing connection"])
+    assert service.deliver().sent == 2
+    assert statuses() == [(EmailStatus.sent, 1), (EmailStatus.pending, 1), (EmailStatus.sent, 1)]
+    assert len(to_sink.messages) == 2
+
+
+def test_a_long_batch_renews_its_lease(to_sink, monkeypatch):
+    monkeypatch.setattr(service.settings, "email_lease_seconds", 0)  # due for renewal before every send
+    assert service.deliver().sent == 3
+    assert statuses() == [(EmailStatus.sent, 1)] * 3
+
+
+def test_a_batch_stops_where_its_claim_was_lost(to_sink, monkeypatch):
+    monkeypatch.setattr(service.settings, "email_lease_seconds", 0)
+    with SessionLocal() as session:
+        batch = service.claim(session, 10)
+        # Another worker reclaimed two of them after the lease ran out.
+        session.execute(
+            update(EmailQueue).where(EmailQueue.id != batch.emails[0].id).values(claim_token="another")
+        )
+        session.commit()
+        assert service.send_claimed(session, batch).sent == 0
+    assert statuses() == [(EmailStatus.pending, 0), (EmailStatus.sending, 1), (EmailStatus.sending, 1)]
+    assert to_sink.messages == []

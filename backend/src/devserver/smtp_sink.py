@@ -2,7 +2,8 @@
 
 Run it alone with `python -m src.devserver.smtp_sink --port 1025 --maildir .run/mail`; every accepted
 message is written there as an `.eml` file and logged. Tests script failures by queueing replies
-(`sink.replies.append("421 try later")`): each queued reply answers one DATA instead of accepting it.
+(`sink.replies.append("421 try later")`): each queued reply answers one DATA instead of accepting it
+(`sink.rcpt_replies`: one RCPT).
 """
 
 import argparse
@@ -43,11 +44,20 @@ class RecordingHandler:
     def __init__(self, maildir: Path | None = None, journal: Path | None = None) -> None:
         self.messages: list[ReceivedMail] = []
         self.replies: deque[str] = deque()
+        self.rcpt_replies: deque[str] = deque()
         self.maildir = maildir
         self.journal = journal.open("a", buffering=1) if journal else None
         self._lock = threading.Lock()
         if maildir:
             maildir.mkdir(parents=True, exist_ok=True)
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        reply = self.rcpt_replies.popleft() if self.rcpt_replies else "250 OK"
+        if reply.startswith("2"):
+            envelope.rcpt_tos.append(address)
+        return reply
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         if self.replies:
@@ -90,6 +100,10 @@ class SmtpSink:
     @property
     def replies(self) -> deque[str]:
         return self.handler.replies
+
+    @property
+    def rcpt_replies(self) -> deque[str]:
+        return self.handler.rcpt_replies
 
     def start(self) -> "SmtpSink":
         self.controller.start()

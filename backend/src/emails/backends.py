@@ -89,21 +89,18 @@ class SmtpConnection:
             self.smtp.sendmail(sender, [recipient], message)
         except smtplib.SMTPRecipientsRefused as exc:
             code, reply = next(iter(exc.recipients.values()))
-            self._reset()
-            raise DeliveryError(
-                f"recipient refused: {code} {_reply_text(reply)}", permanent=code >= 500, code=code
-            ) from exc
+            raise self._refused(f"recipient refused: {code} {_reply_text(reply)}", code) from exc
         except smtplib.SMTPResponseException as exc:
             code = exc.smtp_code
-            broken = code == 421 or not self._reset()
-            raise DeliveryError(
-                f"SMTP error: {code} {_reply_text(exc.smtp_error)}",
-                permanent=code >= 500,
-                code=code,
-                broken=broken,
-            ) from exc
+            raise self._refused(f"SMTP error: {code} {_reply_text(exc.smtp_error)}", code) from exc
         except (OSError, smtplib.SMTPException) as exc:
             raise DeliveryError(f"SMTP connection lost: {exc!r}", permanent=False, broken=True) from exc
+
+    def _refused(self, reason: str, code: int) -> DeliveryError:
+        """The server said no. After a 421 it closes the connection (smtplib already has); otherwise
+        the connection goes on, if it can be reset for the next message."""
+        broken = code == 421 or not self._reset()
+        return DeliveryError(reason, permanent=code >= 500, code=code, broken=broken)
 
     def _reset(self) -> bool:
         """Make the connection ready for the next message; False when it cannot be."""

@@ -314,7 +314,7 @@ def _due(now: object) -> object:
 class Claim:
     token: str
     emails: list[EmailQueue]
-    expires_at_monotonic: float
+    renew_at_monotonic: float  # half the lease: past it, the emails not yet sent get a fresh lease
 
 
 def claim(
@@ -327,9 +327,8 @@ def claim(
     LOCKED, and re-checks a row changed under it before locking it; SQLite runs one writer at a time.
     Either way a row is never owned by two claims.
     """
-    # Stop sending well before the lease ends, so no one else can have reclaimed a row we still
-    # send. Counted from before the statement, which may wait for a lock.
-    deadline = time.monotonic() + settings.email_lease_seconds * 0.8
+    # Counted from before the statement, which may wait for a lock.
+    renew_at = time.monotonic() + settings.email_lease_seconds / 2
     now = utcnow()
     token = uuid.uuid4().hex
     candidates = select(EmailQueue.id).where(_due(now), EmailQueue.attempts < EmailQueue.max_attempts)
@@ -361,7 +360,7 @@ def claim(
         .execution_options(synchronize_session=False)
     ).all()
     session.commit()
-    return Claim(token, sorted(claimed, key=lambda e: (-e.priority, e.id)), deadline)
+    return Claim(token, sorted(claimed, key=lambda e: (-e.priority, e.id)), renew_at)
 
 
 def backoff_seconds(attempts: int) -> float:
@@ -471,17 +470,44 @@ def _release(session: Session, emails: list[EmailQueue], token: str) -> None:
     session.commit()
 
 
-def send_claimed(session: Session, claim: Claim) -> int:
-    """Send a claim's emails over one connection; returns how many were accepted."""
+def _renew(session: Session, emails: list[EmailQueue], token: str) -> bool:
+    """A fresh lease for emails still to be sent, so a long batch never outlives its claim;
+    False if any of them is no longer ours."""
+    now = utcnow()
+    result = session.execute(
+        update(EmailQueue)
+        .where(
+            EmailQueue.id.in_([e.id for e in emails]),
+            EmailQueue.claim_token == token,
+            EmailQueue.status == EmailStatus.sending,
+        )
+        .values(lease_expires_at=now + timedelta(seconds=settings.email_lease_seconds), updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    return result.rowcount == len(emails)
+
+
+@dataclass
+class Delivery:
+    claimed: int = 0
+    sent: int = 0
+    unreachable: bool = False  # the first send could not reach the server: stop trying for now
+
+
+def send_claimed(session: Session, claim: Claim) -> Delivery:
+    """Send a claim's emails over one connection."""
     backend = get_backend(settings)
     connection: Connection | None = None
     outcomes = _outcome_connection(session)
-    sent = 0
+    delivery = Delivery(claimed=len(claim.emails))
     try:
         for index, email in enumerate(claim.emails):
-            if time.monotonic() > claim.expires_at_monotonic:
-                _release(session, claim.emails[index:], claim.token)
-                break
+            if time.monotonic() > claim.renew_at_monotonic:
+                if not _renew(session, claim.emails[index:], claim.token):
+                    _release(session, claim.emails[index:], claim.token)
+                    break
+                claim.renew_at_monotonic = time.monotonic() + settings.email_lease_seconds / 2
             started = time.perf_counter()
             error: DeliveryError | None = None
             try:
@@ -495,22 +521,17 @@ def send_claimed(session: Session, claim: Claim) -> int:
                 connection = None if exc.broken else connection
             _report(outcomes, email, claim.token, error, started)
             if error is None:
-                sent += 1
-            elif error.broken and sent == 0 and index == 0:
+                delivery.sent += 1
+            elif error.broken and index == 0:
                 # The server cannot be reached at all: do not burn everyone's attempts on it.
                 _release(session, claim.emails[1:], claim.token)
+                delivery.unreachable = True
                 break
     finally:
         outcomes.close()
         if connection is not None:
             connection.close()
-    return sent
-
-
-@dataclass
-class Delivery:
-    claimed: int = 0
-    sent: int = 0
+    return delivery
 
 
 def deliver(email_ids: list[int] | None = None, fill: bool = True) -> Delivery:
@@ -521,7 +542,7 @@ def deliver(email_ids: list[int] | None = None, fill: bool = True) -> Delivery:
             batch = claim(session, settings.email_batch_size, first=email_ids)
         else:
             batch = claim(session, len(email_ids or ()), only=email_ids or [])
-        return Delivery(len(batch.emails), send_claimed(session, batch) if batch.emails else 0)
+        return send_claimed(session, batch) if batch.emails else Delivery()
 
 
 def fail_abandoned(session: Session) -> int:
@@ -562,7 +583,9 @@ def process_queue(time_budget: float | None = None, on_full_batch: Callable[[], 
         delivery = deliver()
         sent += delivery.sent
         batches += 1
-        if delivery.claimed == 0:  # a short batch may only mean another drainer took rows first
+        # A short batch may only mean another drainer took rows first; an unreachable server gets
+        # no more tries (each would cost an email an attempt) until the next run.
+        if delivery.claimed == 0 or delivery.unreachable:
             break
         if batches == 1 and delivery.claimed >= settings.email_batch_size and on_full_batch is not None:
             on_full_batch()
