@@ -51,3 +51,24 @@ def test_inbox_rejects_bad_input_and_strangers(client, make_user, make_org):
     assert client.post(f"/api/notifications/{made['id']}/read", headers=mallory.headers).status_code == 404
     assert client.get("/api/notifications").status_code == 401
     assert client.post("/api/notifications/stream-token").status_code == 401
+
+
+def test_a_notification_is_not_listed_or_read_before_it_is_published(client, make_user, make_org):
+    """A stream counts what it delivers as unread: reading one first would make its count too high."""
+    from src.db import SessionLocal
+    from src.notifications.models import Notification
+    from src.notifications.service import publish_pending
+
+    alice = make_user("alice")
+    org_id = make_org(alice)
+    with SessionLocal() as session:  # stored, but its publisher has not run yet
+        notification = Notification(org_id=org_id, recipient_id=alice.id, type="t", title="Soon", body="")
+        session.add(notification)
+        session.commit()
+    assert client.get("/api/notifications", headers=alice.headers).json()["items"] == []
+    assert client.post(f"/api/notifications/{notification.id}/read", headers=alice.headers).status_code == 404
+    assert client.post("/api/notifications/read-all", headers=alice.headers).json()["marked"] == 0
+
+    publish_pending()
+    [listed] = client.get("/api/notifications", headers=alice.headers).json()["items"]
+    assert listed["id"] == notification.id and listed["read_at"] is None

@@ -147,6 +147,29 @@ def test_redis_restart_loses_nothing_and_repeats_nothing(servers, team, redis_se
     stream.close()
 
 
+def test_a_member_added_while_streaming_gets_the_new_orgs_broadcasts(servers, team, make_org):
+    api_a, b = servers
+    _org, _task, alice, bob, _carol = team
+    stream = SseClient(stream_url(b, bob))
+    stream.next("unread_count")
+    other_org = make_org(alice, name="Second")
+    added = api_a.post(f"/api/orgs/{other_org}/members", json={"email": bob.email}, headers=alice.headers)
+    assert added.status_code == 201
+    assert stream.ended.wait(5), "the stream did not end to pick up the new membership"
+    resumed = SseClient(stream_url(b, bob))
+    api_a.post(f"/api/orgs/{other_org}/announcements", json={"title": "Welcome"}, headers=alice.headers)
+    assert resumed.next()["data"]["title"] == "Welcome"
+    resumed.close()
+
+
+def test_a_stream_opened_during_the_drain_ends_at_once():
+    from src.notifications.live import LiveHub
+
+    hub = LiveHub()
+    hub.drain()
+    assert hub.subscribe(1, {1}).closing
+
+
 def test_unread_count_on_the_stream_matches_the_api(servers, team):
     api_a, b = servers
     _org, task, alice, bob, _carol = team

@@ -59,6 +59,7 @@ class LiveHub:
         self.connected = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._draining = False
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -67,7 +68,9 @@ class LiveHub:
         self._task = asyncio.create_task(self._run(), name="herald-live-hub")
 
     def drain(self) -> None:
-        """Ask every stream to end cleanly: clients reconnect (elsewhere) and recover what they miss."""
+        """Ask every stream to end cleanly: clients reconnect (elsewhere) and recover what they miss.
+        Streams that open from now on end at once."""
+        self._draining = True
         for subscribers in self.by_user.values():
             for subscriber in subscribers:
                 subscriber.close()
@@ -187,6 +190,8 @@ class LiveHub:
 
     def subscribe(self, user_id: int, org_ids: set[int]) -> Subscriber:
         subscriber = Subscriber(user_id, frozenset(org_ids))
+        if self._draining:
+            subscriber.close()
         self.by_user.setdefault(user_id, set()).add(subscriber)
         for org_id in org_ids:
             self.by_org.setdefault(org_id, set()).add(subscriber)
@@ -269,9 +274,9 @@ async def events(hub: LiveHub, user_id: int, since: int | None) -> AsyncIterator
                 for event in deliver(payload):
                     yield event
             elif message["kind"] == "unread":
-                watermark = message["watermark"]
+                count, watermark = await run_in_threadpool(_unread_snapshot, user_id)
                 counted_after_watermark = {s for s in counted_after_watermark if s > watermark}
-                unread = message["count"] + len(counted_after_watermark)
+                unread = count + len(counted_after_watermark)
                 yield {"event": "unread_count", "data": {"count": unread}}
     finally:
         hub.unsubscribe(subscriber)

@@ -51,12 +51,16 @@ def _publish(message: dict[str, Any]) -> None:
 
 
 def _visible_to(user_id: int) -> Any:
-    """A user's own notifications and the broadcasts of the organizations they belong to."""
-    return or_(
-        Notification.recipient_id == user_id,
-        and_(
-            Notification.recipient_id.is_(None),
-            Notification.org_id.in_(select(Membership.org_id).where(Membership.user_id == user_id)),
+    """A user's own notifications and the broadcasts of the organizations they belong to, once
+    published: a stream counts what it delivers as unread, so nothing can be read before it."""
+    return and_(
+        Notification.seq.is_not(None),
+        or_(
+            Notification.recipient_id == user_id,
+            and_(
+                Notification.recipient_id.is_(None),
+                Notification.org_id.in_(select(Membership.org_id).where(Membership.user_id == user_id)),
+            ),
         ),
     )
 
@@ -222,17 +226,14 @@ class NotificationService:
 
 
 def _announce_unread_after_commit(session: Session, user_id: int) -> None:
-    def announce() -> None:
-        with SessionLocal() as fresh:
-            count, watermark = NotificationService.unread_snapshot(fresh, user_id)
-        _publish({"kind": "unread", "user_id": user_id, "count": count, "watermark": watermark})
-
-    after_commit(session, announce)
+    """Tell the user's streams their unread count changed. They read it from the database: counts
+    carried in messages could arrive out of order."""
+    after_commit(session, lambda: _publish({"kind": "unread", "user_id": user_id}))
 
 
 def end_live_streams(user_id: int) -> None:
     """Make every API process close the user's streams: they reconnect with their current
-    memberships (after a removal from an organization, its broadcasts stop reaching them)."""
+    memberships, so an organization they joined reaches them and one they left no longer does."""
     _publish({"kind": "revoke", "user_id": user_id})
 
 

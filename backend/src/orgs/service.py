@@ -79,6 +79,7 @@ def add_member(session: Session, org_id: int, actor: User, email: str, role: Rol
         raise Conflict("this user is already a member of the organization")
     membership = Membership(org_id=org_id, user_id=user.id, role=role)
     session.add(membership)
+    after_commit(session, lambda: end_live_streams(user.id))  # they reconnect into the new org
     try:
         session.commit()
     except IntegrityError:  # added twice at the same instant
