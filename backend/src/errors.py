@@ -1,6 +1,7 @@
 """Domain errors that services raise and the API turns into JSON responses."""
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 
@@ -32,3 +33,21 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(HeraldError)
     async def _herald_error(_request: Request, exc: HeraldError) -> JSONResponse:
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        """Where and what, without echoing the input: it may be a password, or text (a lone
+        surrogate) that cannot even be encoded as JSON."""
+        detail = [
+            {
+                "loc": [_printable(part) for part in error["loc"]],
+                "msg": _printable(error["msg"]),
+                "type": error["type"],
+            }
+            for error in exc.errors()
+        ]
+        return JSONResponse({"detail": detail}, status_code=422)
+
+
+def _printable(value: object) -> object:
+    return value.encode("utf-8", "backslashreplace").decode() if isinstance(value, str) else value

@@ -19,12 +19,15 @@ from src.tasks.api import router as tasks_router
 
 
 class RedactQueryTokens(logging.Filter):
-    """Stream tokens travel in URLs (EventSource cannot send headers); keep them out of access logs."""
+    """Stream tokens travel in URLs (EventSource cannot send headers); keep them out of the logs
+    uvicorn writes URLs to: HTTP requests on `uvicorn.access`, WebSocket handshakes on `uvicorn.error`."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple) and len(record.args) >= 3 and isinstance(record.args[2], str):
-            path = _TOKEN_IN_QUERY.sub(r"\1token=[redacted]", record.args[2])
-            record.args = (*record.args[:2], path, *record.args[3:])
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                _TOKEN_IN_QUERY.sub(r"\1token=[redacted]", arg) if isinstance(arg, str) else arg
+                for arg in record.args
+            )
         return True
 
 
@@ -33,9 +36,10 @@ _TOKEN_IN_QUERY = re.compile(r"([?&])token=[^&\s]*")
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    access_log = logging.getLogger("uvicorn.access")
-    if not any(isinstance(f, RedactQueryTokens) for f in access_log.filters):
-        access_log.addFilter(RedactQueryTokens())
+    for name in ("uvicorn.access", "uvicorn.error"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactQueryTokens) for f in logger.filters):
+            logger.addFilter(RedactQueryTokens())
     app.state.hub = LiveHub()
     await app.state.hub.start()
     app.state.hub.drain_on_exit_signals()

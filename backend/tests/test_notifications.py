@@ -245,14 +245,17 @@ def test_shutdown_drains_open_streams(database_url, db, team):
         server.kill()
 
 
-def test_stream_tokens_stay_out_of_access_logs(servers, team):
+def test_stream_tokens_stay_out_of_the_logs(servers, team):
     _api_a, b = servers
     _org, _task, _alice, bob, _carol = team
     url = stream_url(b, bob)
     token = url.split("token=")[1]
     SseClient(url).close()
+    ws_token = httpx.post(f"{b.url}/api/notifications/stream-token", headers=bob.headers).json()["token"]
+    WsClient(f"ws://127.0.0.1:{b.port}/api/ws/notifications?token={ws_token}").close()
     log = b.logfile.read_text()
-    assert "token=[redacted]" in log and token not in log
+    assert '"WebSocket /api/ws/notifications?token=[redacted]"' in log
+    assert "token=[redacted]" in log and token not in log and ws_token not in log
 
 
 def test_websocket_resumes_with_since_and_keeps_alive(servers, team):

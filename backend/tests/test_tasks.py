@@ -143,3 +143,78 @@ def test_other_org_tasks_are_404(client, team, make_user, make_org):
         assert response.status_code == 404, (method, path)
     assert client.get("/api/tasks/999999", headers=alice.headers).status_code == 404
     assert client.get(f"/api/tasks/{task['id']}", headers=alice.headers).json()["status"] == "todo"
+
+
+BIG = 2**31  # past PostgreSQL's integer, and 2**70 past anything SQLite stores
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("get", "/api/tasks/{big}"),
+        ("patch", "/api/tasks/{big}"),
+        ("get", "/api/orgs/{big}"),
+        ("get", "/api/orgs/{big}/tasks"),
+        ("get", "/api/orgs/{org}/tasks?assignee_id={big}"),
+        ("get", "/api/orgs/{org}/tasks?offset={big}"),
+        ("post", "/api/tasks/{task}/watchers/{big}"),
+        ("delete", "/api/orgs/{org}/members/{big}"),
+        ("get", "/api/orgs/{org}/emails?offset={big}"),
+        ("post", "/api/orgs/{org}/emails/{big}/retry"),
+        ("post", "/api/notifications/{big}/read"),
+        ("get", "/api/notifications?before={big}"),
+        ("get", "/api/notifications/stream?since={huge}"),
+    ],
+)
+def test_out_of_range_ids_are_422(client, team, method, path):
+    org_id, alice, _bob, _carol = team
+    task = create(client, org_id, alice)
+    for big in (BIG, 2**70):
+        url = path.format(big=big, huge=2**63 * (big // BIG), org=org_id, task=task["id"])
+        response = client.request(method, url, headers=alice.headers, json={} if method == "patch" else None)
+        assert response.status_code == 422, (url, response.text)
+        assert "less than or equal" in response.json()["detail"][0]["msg"]
+
+
+@pytest.mark.parametrize(
+    ("fields", "problem"),
+    [
+        ({"title": "   "}, "at least 1 character"),
+        ({"title": "\u3000"}, "at least 1 character"),
+        ({"title": "a\x00b"}, "control characters"),
+        ({"description": "x\x00"}, "control characters"),
+        ({"assignee_id": 2**70}, "less than or equal"),
+        ({"watcher_ids": [2**31]}, "less than or equal"),
+    ],
+)
+def test_bad_text_and_ids_in_bodies_are_422_and_store_nothing(client, team, fields, problem):
+    org_id, alice, _bob, _carol = team
+    response = client.post(f"/api/orgs/{org_id}/tasks", json={"title": "ok", **fields}, headers=alice.headers)
+    assert response.status_code == 422 and problem in response.json()["detail"][0]["msg"], response.text
+    assert client.get(f"/api/orgs/{org_id}/tasks", headers=alice.headers).json()["total"] == 0
+
+
+def test_invalid_text_is_422_without_echoing_the_input(client):
+    body = '{"email": "x@example.com", "password": "secret\\ud800"}'  # a lone surrogate
+    response = client.post("/api/auth/login", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 422
+    assert "secret" not in response.text and response.json()["detail"][0]["loc"] == ["body", "password"]
+
+
+def test_a_padded_title_is_the_same_title(client, team):
+    org_id, alice, _bob, _carol = team
+    task = create(client, org_id, alice, title="  T1  ")
+    assert task["title"] == "T1"
+    response = client.patch(f"/api/tasks/{task['id']}", json={"title": " T1 "}, headers=alice.headers)
+    assert response.json()["title"] == "T1"
+    events = client.get(f"/api/tasks/{task['id']}/events", headers=alice.headers).json()
+    assert [e["kind"] for e in events] == ["created"]
+
+
+def test_last_event_id_that_is_not_ours_is_ignored():
+    from src.notifications.api import _since
+
+    assert _since(" 12 ", None) == 12
+    assert _since("\u00b2", 5) == 5  # a digit to str.isdigit(), not to int()
+    assert _since("9" * 19, 5) == 5  # past any seq
+    assert _since(None, None) is None

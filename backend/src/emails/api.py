@@ -10,18 +10,19 @@ from src.emails.schemas import EmailOut, EmailPage
 from src.emails.service import EmailService
 from src.errors import Conflict, NotFound
 from src.orgs.service import require_manager
+from src.validation import MAX_ID, PathId
 
 router = APIRouter(prefix="/orgs/{org_id}/emails", tags=["emails"])
 
 
 @router.get("")
 def list_emails(
-    org_id: int,
+    org_id: PathId,
     user: CurrentUser,
     session: DbSession,
     status: EmailStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
 ) -> EmailPage:
     require_manager(session, org_id, user)
     items = EmailService.listing(session, status, limit, offset, org_id=org_id)
@@ -46,12 +47,12 @@ def _change(session: DbSession, org_id: int, email_id: int, user: CurrentUser, a
 
 
 @router.post("/{email_id}/retry")
-def retry_email(org_id: int, email_id: int, user: CurrentUser, session: DbSession) -> EmailOut:
+def retry_email(org_id: PathId, email_id: PathId, user: CurrentUser, session: DbSession) -> EmailOut:
     """A failed or cancelled email gets a fresh set of attempts."""
     return _change(session, org_id, email_id, user, "retry")
 
 
 @router.post("/{email_id}/cancel")
-def cancel_email(org_id: int, email_id: int, user: CurrentUser, session: DbSession) -> EmailOut:
+def cancel_email(org_id: PathId, email_id: PathId, user: CurrentUser, session: DbSession) -> EmailOut:
     """A pending email will not be sent."""
     return _change(session, org_id, email_id, user, "cancel")

@@ -1,6 +1,7 @@
 import asyncio
 import contextlib
 import logging
+import re
 from datetime import timedelta
 from typing import Annotated
 
@@ -23,6 +24,7 @@ from src.notifications.schemas import (
 from src.notifications.service import NotificationService, to_payload
 from src.notifications.sse import EventStream
 from src.orgs.service import require_manager
+from src.validation import MAX_SEQ, PathId, QueryId
 
 log = logging.getLogger("herald.live")
 router = APIRouter(tags=["notifications"])
@@ -34,7 +36,7 @@ def inbox(
     session: DbSession,
     unread: bool = False,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    before: Annotated[int | None, Query(ge=1)] = None,
+    before: QueryId = None,
 ) -> NotificationPage:
     items = NotificationService.inbox(session, user.id, unread, limit, before)
     return NotificationPage(items=items, next_before=items[-1]["id"] if len(items) == limit else None)
@@ -51,7 +53,7 @@ def read_all(user: CurrentUser, session: DbSession) -> dict[str, int]:
 
 
 @router.post("/notifications/{notification_id}/read")
-def read(notification_id: int, user: CurrentUser, session: DbSession) -> NotificationOut:
+def read(notification_id: PathId, user: CurrentUser, session: DbSession) -> NotificationOut:
     return NotificationOut(**NotificationService.mark_read(session, user.id, notification_id))
 
 
@@ -65,7 +67,7 @@ def stream_token(user: CurrentUser) -> StreamToken:
 
 
 @router.post("/orgs/{org_id}/announcements", status_code=status.HTTP_201_CREATED)
-def announce(org_id: int, body: AnnouncementIn, user: CurrentUser, session: DbSession) -> NotificationOut:
+def announce(org_id: PathId, body: AnnouncementIn, user: CurrentUser, session: DbSession) -> NotificationOut:
     """Broadcast to every member of the organization (owners and admins only)."""
     require_manager(session, org_id, user)
     notification = NotificationService.broadcast(
@@ -86,8 +88,14 @@ def _stream_user(authorization: str | None, token: str | None) -> int:
         return user_from_token(session, token, purpose="stream").id
 
 
+StreamPosition = Annotated[int | None, Query(ge=0, le=MAX_SEQ)]
+_EVENT_ID = re.compile(r"[0-9]{1,18}")  # below MAX_SEQ
+
+
 def _since(last_event_id: str | None, since: int | None) -> int | None:
-    if last_event_id and last_event_id.strip().isdigit():
+    """Where a stream resumes: `Last-Event-ID` (EventSource sends back the last id it saw) wins over
+    `?since=`; a header that is not an id of ours is ignored, as the SSE spec asks."""
+    if last_event_id and _EVENT_ID.fullmatch(last_event_id.strip()):
         return int(last_event_id)
     return since
 
@@ -96,7 +104,7 @@ def _since(last_event_id: str | None, since: int | None) -> int | None:
 async def stream(
     request: Request,
     token: str | None = None,
-    since: Annotated[int | None, Query(ge=0)] = None,
+    since: StreamPosition = None,
     authorization: Annotated[str | None, Header()] = None,
     last_event_id: Annotated[str | None, Header()] = None,
 ) -> EventStream:
@@ -112,7 +120,7 @@ ws_router = APIRouter(tags=["notifications"])
 
 @ws_router.websocket("/ws/notifications")
 async def websocket_stream(
-    websocket: WebSocket, token: str | None = None, since: Annotated[int | None, Query(ge=0)] = None
+    websocket: WebSocket, token: str | None = None, since: StreamPosition = None
 ) -> None:
     """The same events as the SSE stream, as JSON text frames; `?since=` resumes."""
     try:

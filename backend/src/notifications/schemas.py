@@ -3,6 +3,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from src.validation import Line, Text
+
 
 class NotificationOut(BaseModel):
     id: int
@@ -32,5 +34,5 @@ class StreamToken(BaseModel):
 
 
 class AnnouncementIn(BaseModel):
-    title: str = Field(min_length=1, max_length=300)
-    body: str = Field(default="", max_length=10_000)
+    title: Line = Field(min_length=1, max_length=300)
+    body: Text = Field(default="", max_length=10_000)

@@ -4,6 +4,7 @@ from src.auth.deps import CurrentUser, DbSession
 from src.orgs import service
 from src.orgs.models import Membership, Organization
 from src.orgs.schemas import MemberIn, MemberOut, OrgIn, OrgOut
+from src.validation import PathId
 
 router = APIRouter(prefix="/orgs", tags=["organizations"])
 
@@ -23,20 +24,20 @@ def list_orgs(user: CurrentUser, session: DbSession) -> list[OrgOut]:
 
 
 @router.get("/{org_id}")
-def get_org(org_id: int, user: CurrentUser, session: DbSession) -> OrgOut:
+def get_org(org_id: PathId, user: CurrentUser, session: DbSession) -> OrgOut:
     return _org_out(*service.get_org(session, org_id, user))
 
 
 @router.get("/{org_id}/members", response_model=list[MemberOut])
-def list_members(org_id: int, user: CurrentUser, session: DbSession) -> object:
+def list_members(org_id: PathId, user: CurrentUser, session: DbSession) -> object:
     return service.list_members(session, org_id, user)
 
 
 @router.post("/{org_id}/members", status_code=status.HTTP_201_CREATED, response_model=MemberOut)
-def add_member(org_id: int, body: MemberIn, user: CurrentUser, session: DbSession) -> object:
+def add_member(org_id: PathId, body: MemberIn, user: CurrentUser, session: DbSession) -> object:
     return service.add_member(session, org_id, user, body.email, body.role)
 
 
 @router.delete("/{org_id}/members/{user_id}", status_code=status.HTTP_204_NO_CONTENT)
-def remove_member(org_id: int, user_id: int, user: CurrentUser, session: DbSession) -> None:
+def remove_member(org_id: PathId, user_id: PathId, user: CurrentUser, session: DbSession) -> None:
     service.remove_member(session, org_id, user, user_id)

@@ -4,10 +4,11 @@ from pydantic import BaseModel, ConfigDict, EmailStr, Field
 
 from src.auth.schemas import UserOut
 from src.orgs.models import Role
+from src.validation import Line
 
 
 class OrgIn(BaseModel):
-    name: str = Field(min_length=1, max_length=200)
+    name: Line = Field(min_length=1, max_length=200)
 
 
 class OrgOut(BaseModel):

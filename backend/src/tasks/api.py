@@ -6,6 +6,7 @@ from src.auth.deps import CurrentUser, DbSession
 from src.tasks import service
 from src.tasks.models import Task, TaskStatus
 from src.tasks.schemas import TaskEventOut, TaskIn, TaskOut, TaskPage, TaskPatch
+from src.validation import MAX_ID, PathId, QueryId
 
 router = APIRouter(tags=["tasks"])
 
@@ -26,7 +27,7 @@ def _task_out(task: Task) -> TaskOut:
 
 
 @router.post("/orgs/{org_id}/tasks", status_code=status.HTTP_201_CREATED)
-def create_task(org_id: int, body: TaskIn, user: CurrentUser, session: DbSession) -> TaskOut:
+def create_task(org_id: PathId, body: TaskIn, user: CurrentUser, session: DbSession) -> TaskOut:
     task = service.create_task(
         session, org_id, user, body.title, body.description, body.assignee_id, body.watcher_ids
     )
@@ -35,38 +36,38 @@ def create_task(org_id: int, body: TaskIn, user: CurrentUser, session: DbSession
 
 @router.get("/orgs/{org_id}/tasks")
 def list_tasks(
-    org_id: int,
+    org_id: PathId,
     user: CurrentUser,
     session: DbSession,
     status: TaskStatus | None = None,
-    assignee_id: int | None = None,
+    assignee_id: QueryId = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
 ) -> TaskPage:
     items, total = service.list_tasks(session, org_id, user, status, assignee_id, limit, offset)
     return TaskPage(items=[_task_out(t) for t in items], total=total, limit=limit, offset=offset)
 
 
 @router.get("/tasks/{task_id}")
-def get_task(task_id: int, user: CurrentUser, session: DbSession) -> TaskOut:
+def get_task(task_id: PathId, user: CurrentUser, session: DbSession) -> TaskOut:
     return _task_out(service.get_task(session, task_id, user))
 
 
 @router.patch("/tasks/{task_id}")
-def update_task(task_id: int, body: TaskPatch, user: CurrentUser, session: DbSession) -> TaskOut:
+def update_task(task_id: PathId, body: TaskPatch, user: CurrentUser, session: DbSession) -> TaskOut:
     return _task_out(service.update_task(session, task_id, user, body))
 
 
 @router.post("/tasks/{task_id}/watchers/{user_id}")
-def add_watcher(task_id: int, user_id: int, user: CurrentUser, session: DbSession) -> TaskOut:
+def add_watcher(task_id: PathId, user_id: PathId, user: CurrentUser, session: DbSession) -> TaskOut:
     return _task_out(service.set_watching(session, task_id, user, user_id, watch=True))
 
 
 @router.delete("/tasks/{task_id}/watchers/{user_id}")
-def remove_watcher(task_id: int, user_id: int, user: CurrentUser, session: DbSession) -> TaskOut:
+def remove_watcher(task_id: PathId, user_id: PathId, user: CurrentUser, session: DbSession) -> TaskOut:
     return _task_out(service.set_watching(session, task_id, user, user_id, watch=False))
 
 
 @router.get("/tasks/{task_id}/events", response_model=list[TaskEventOut])
-def list_events(task_id: int, user: CurrentUser, session: DbSession) -> object:
+def list_events(task_id: PathId, user: CurrentUser, session: DbSession) -> object:
     return service.list_events(session, task_id, user)

@@ -3,22 +3,23 @@ from datetime import datetime
 from pydantic import BaseModel, ConfigDict, Field
 
 from src.tasks.models import TaskStatus
+from src.validation import Id, Line, Text
 
 
 class TaskIn(BaseModel):
-    title: str = Field(min_length=1, max_length=300)
-    description: str = Field(default="", max_length=20_000)
-    assignee_id: int | None = None
-    watcher_ids: list[int] = Field(default_factory=list, max_length=100)
+    title: Line = Field(min_length=1, max_length=300)
+    description: Text = Field(default="", max_length=20_000)
+    assignee_id: Id | None = None
+    watcher_ids: list[Id] = Field(default_factory=list, max_length=100)
 
 
 class TaskPatch(BaseModel):
     """Only the fields sent are changed; `assignee_id: null` unassigns."""
 
     status: TaskStatus | None = None
-    assignee_id: int | None = None
-    title: str | None = Field(default=None, min_length=1, max_length=300)
-    description: str | None = Field(default=None, max_length=20_000)
+    assignee_id: Id | None = None
+    title: Line | None = Field(default=None, min_length=1, max_length=300)
+    description: Text | None = Field(default=None, max_length=20_000)
 
 
 class TaskOut(BaseModel):

@@ -57,7 +57,7 @@ def create_task(
     _require_members(session, org_id, watcher_ids, "watchers")
     task = Task(
         org_id=org_id,
-        title=title.strip(),
+        title=title,
         description=description,
         assignee_id=assignee_id,
         reporter_id=actor.id,
@@ -123,7 +123,7 @@ def update_task(session: Session, task_id: int, actor: User, patch: TaskPatch) -
 
     if "title" in sent and patch.title != task.title:
         _record(session, task, actor, "title_changed", task.title, patch.title)
-        task.title = patch.title.strip()
+        task.title = patch.title
     if "description" in sent and patch.description != task.description:
         _record(session, task, actor, "description_changed", None, None)
         task.description = patch.description
