@@ -94,7 +94,7 @@ _EVENT_ID = re.compile(r"[0-9]{1,18}")  # below MAX_SEQ
 
 def _since(last_event_id: str | None, since: int | None) -> int | None:
     """Where a stream resumes: `Last-Event-ID` (EventSource sends back the last id it saw) wins over
-    `?since=`; a header that is not an id of ours is ignored, as the SSE spec asks."""
+    `?since=`; a header that is not an id of ours is ignored."""
     if last_event_id and _EVENT_ID.fullmatch(last_event_id.strip()):
         return int(last_event_id)
     return since
