@@ -24,6 +24,12 @@ class Settings(BaseSettings):
     public_base_url: str = "http://localhost:8000"
     metrics_token: str = ""  # Prometheus scrapes /metrics with it; empty keeps /metrics closed
 
+    # Chosen together: every API thread can hold a connection at once, plus the relay and a spare.
+    api_threads: int = 20  # requests one API process serves at once (more wait their turn in memory)
+    db_pool_size: int = 22  # connections per process; at least API_THREADS + 2
+    db_pool_timeout: float = 1.5  # a request that cannot get a connection this soon answers 503
+    db_connect_timeout: int = 2  # seconds (libpq's minimum is 2)
+
     email_backend: str = ""  # "smtp", "sendgrid" or "console"; empty: smtp when SMTP_HOST is set
     sendgrid_api_key: str = ""
     sendgrid_api_url: str = "https://api.sendgrid.com/v3/mail/send"

@@ -1,6 +1,5 @@
 """The one engine and session factory, rebindable so tests can point Herald at their own database."""
 
-import logging
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -10,9 +9,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
+from src import outages
 from src.config import settings
-
-log = logging.getLogger("herald.db")
+from src.relay import relay
 
 
 class Base(DeclarativeBase):
@@ -61,16 +60,24 @@ def _sqlite_begin_immediate(connection: Connection) -> None:
 
 
 def configure_engine(url: str) -> Engine:
-    """(Re)bind the session factory to `url`; the previous engine, if any, is disposed."""
+    """(Re)bind the session factory to `url`; the previous engine, if any, is disposed.
+
+    The pool holds a connection for every API thread plus the relay and a spare (DB_POOL_SIZE >=
+    API_THREADS + 2), and a request uses exactly one: no request ever waits for the pool. If one
+    still has to (misconfiguration), it gives up after DB_POOL_TIMEOUT and answers 503.
+    """
     global engine
     if engine is not None:
         engine.dispose()
+    pool = {"pool_size": settings.db_pool_size, "max_overflow": 0, "pool_timeout": settings.db_pool_timeout}
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **pool)
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin_immediate)
     else:
-        engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+        connect_args = {"connect_timeout": settings.db_connect_timeout}
+        engine = create_engine(url, pool_pre_ping=True, connect_args=connect_args, **pool)
+    event.listen(engine, "connect", lambda *_: outages.database.ok())
     SessionLocal.configure(bind=engine)
     return engine
 
@@ -88,24 +95,19 @@ def get_session() -> Iterator[Session]:
         yield session
 
 
-def after_commit(session: Session, callback: Callable[[], None]) -> None:
-    """Run `callback` once the session's current transaction commits; dropped on rollback.
+def after_commit(session: Session, callback: Callable[[], object]) -> None:
+    """Have the relay run `callback` once the session's current transaction commits; dropped on
+    rollback.
 
-    This is how the outbox publishes: rows are written in the caller's transaction and the
-    broker only hears about them once they are durable.
+    This is how the outbox publishes: rows are written in the caller's transaction, and the broker
+    and streams only hear about them once they are durable, off the caller's thread.
     """
     session.info.setdefault("after_commit", []).append(callback)
 
 
 @event.listens_for(Session, "after_commit")
 def _run_after_commit(session: Session) -> None:
-    # The data is committed: a failing callback is logged, never turned into an error of the
-    # request, and never keeps the callbacks after it from running.
-    for callback in session.info.pop("after_commit", []):
-        try:
-            callback()
-        except Exception:
-            log.exception("after-commit callback %r failed", callback)
+    relay.submit(session.info.pop("after_commit", []))
 
 
 @event.listens_for(Session, "after_rollback")

@@ -3,6 +3,11 @@
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy import exc as sa_exc
+
+from src import outages
+
+RETRY_AFTER_SECONDS = 2
 
 
 class HeraldError(Exception):
@@ -47,6 +52,21 @@ def install_error_handlers(app: FastAPI) -> None:
             for error in exc.errors()
         ]
         return JSONResponse({"detail": detail}, status_code=422)
+
+    @app.exception_handler(sa_exc.OperationalError)
+    @app.exception_handler(sa_exc.InterfaceError)
+    @app.exception_handler(sa_exc.DisconnectionError)
+    @app.exception_handler(sa_exc.TimeoutError)
+    async def _database_unavailable(_request: Request, exc: Exception) -> JSONResponse:
+        """The database is down, restarting or saturated: say so at once, and that retrying is
+        fine. Logged once per outage (see `src.outages`), not once per request."""
+        outage = outages.pool if isinstance(exc, sa_exc.TimeoutError) else outages.database
+        outage.failed(exc)
+        return JSONResponse(
+            {"detail": "the database is unavailable; retry shortly"},
+            status_code=503,
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
 
 
 def _printable(value: object) -> object:

@@ -5,9 +5,11 @@ import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import anyio.to_thread
 from fastapi import APIRouter, FastAPI
 
 from src.auth.api import router as auth_router
+from src.config import settings
 from src.emails.api import router as emails_router
 from src.errors import install_error_handlers
 from src.notifications.api import router as notifications_router
@@ -15,6 +17,7 @@ from src.notifications.api import ws_router as notifications_ws_router
 from src.notifications.live import LiveHub
 from src.ops.metrics import router as metrics_router
 from src.orgs.api import router as orgs_router
+from src.outages import fold_outage_tracebacks
 from src.tasks.api import router as tasks_router
 
 
@@ -40,6 +43,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         logger = logging.getLogger(name)
         if not any(isinstance(f, RedactQueryTokens) for f in logger.filters):
             logger.addFilter(RedactQueryTokens())
+    fold_outage_tracebacks(logging.getLogger("uvicorn.error"))
+    # Sync endpoints run on this many threads; the pool has a connection for each (see src.db).
+    anyio.to_thread.current_default_thread_limiter().total_tokens = settings.api_threads
     app.state.hub = LiveHub()
     await app.state.hub.start()
     app.state.hub.drain_on_exit_signals()
@@ -69,5 +75,7 @@ app.include_router(metrics_router)
 
 
 @app.get("/healthz", tags=["ops"])
-def healthz() -> dict[str, str]:
+async def healthz() -> dict[str, str]:
+    """Liveness, answered on the event loop from memory: busy threads or a database outage never
+    make a running process look dead."""
     return {"status": "ok"}

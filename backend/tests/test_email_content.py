@@ -7,7 +7,7 @@ import pytest
 from sqlalchemy import func, select, update
 
 from src.db import SessionLocal
-from src.emails import service
+from src.emails import claims, delivery
 from src.emails.models import EmailQueue, EmailStatus
 from src.emails.rendering import render
 from src.emails.service import EmailService
@@ -79,25 +79,25 @@ def test_templates_autoescape_html_only():
 
 
 def test_console_backend_when_no_smtp_host(db, monkeypatch, caplog):
-    monkeypatch.setattr(service.settings, "smtp_host", "")
+    monkeypatch.setattr(delivery.settings, "smtp_host", "")
     with SessionLocal() as session:
         EmailService.queue_email(session, **GOOD, wake_worker=False)
         session.commit()
     with caplog.at_level(logging.INFO, logger="herald.emails"):
-        assert service.deliver().sent == 1
+        assert delivery.deliver().sent == 1
     assert "console email to ada@example.com: Hello" in caplog.text
     with SessionLocal() as session:
         assert session.scalar(select(EmailQueue.status)) == EmailStatus.sent
 
 
 def test_unreachable_smtp_counts_one_attempt_and_releases_the_rest(db, monkeypatch):
-    monkeypatch.setattr(service.settings, "smtp_host", "127.0.0.1")
-    monkeypatch.setattr(service.settings, "smtp_port", 1)  # nothing listens there
+    monkeypatch.setattr(delivery.settings, "smtp_host", "127.0.0.1")
+    monkeypatch.setattr(delivery.settings, "smtp_port", 1)  # nothing listens there
     with SessionLocal() as session:
         for n in range(3):
             EmailService.queue_email(session, **{**GOOD, "subject": f"Hello {n}"}, wake_worker=False)
         session.commit()
-    assert service.process_queue(time_budget=5) == 0  # one try, not one per email
+    assert delivery.process_queue(time_budget=5) == 0  # one try, not one per email
     with SessionLocal() as session:
         emails = list(session.scalars(select(EmailQueue).order_by(EmailQueue.id)))
     assert [e.attempts for e in emails] == [1, 0, 0]
@@ -129,9 +129,9 @@ def test_long_names_and_international_domains_do_not_break_a_status_change(clien
 
 @pytest.fixture
 def to_sink(db, sink, monkeypatch):
-    monkeypatch.setattr(service.settings, "smtp_host", "127.0.0.1")
-    monkeypatch.setattr(service.settings, "smtp_port", sink.port)
-    monkeypatch.setattr(service.settings, "smtp_use_tls", False)
+    monkeypatch.setattr(delivery.settings, "smtp_host", "127.0.0.1")
+    monkeypatch.setattr(delivery.settings, "smtp_port", sink.port)
+    monkeypatch.setattr(delivery.settings, "smtp_use_tls", False)
     with SessionLocal() as session:
         for n in range(3):
             EmailService.queue_email(session, **{**GOOD, "subject": f"Hello {n}"}, wake_worker=False)
@@ -146,26 +146,26 @@ def statuses() -> list[tuple[EmailStatus, int]]:
 
 def test_a_421_to_rcpt_reconnects_for_the_next_email(to_sink):
     to_sink.rcpt_replies.extend(["250 OK", "421 4.7.0 closing connection"])
-    assert service.deliver().sent == 2
+    assert delivery.deliver().sent == 2
     assert statuses() == [(EmailStatus.sent, 1), (EmailStatus.pending, 1), (EmailStatus.sent, 1)]
     assert len(to_sink.messages) == 2
 
 
 def test_a_long_batch_renews_its_lease(to_sink, monkeypatch):
-    monkeypatch.setattr(service.settings, "email_lease_seconds", 0)  # due for renewal before every send
-    assert service.deliver().sent == 3
+    monkeypatch.setattr(delivery.settings, "email_lease_seconds", 0)  # due for renewal before every send
+    assert delivery.deliver().sent == 3
     assert statuses() == [(EmailStatus.sent, 1)] * 3
 
 
 def test_a_batch_stops_where_its_claim_was_lost(to_sink, monkeypatch):
-    monkeypatch.setattr(service.settings, "email_lease_seconds", 0)
+    monkeypatch.setattr(delivery.settings, "email_lease_seconds", 0)
     with SessionLocal() as session:
-        batch = service.claim(session, 10)
+        batch = claims.claim(session, 10)
         # Another worker reclaimed two of them after the lease ran out.
         session.execute(
             update(EmailQueue).where(EmailQueue.id != batch.emails[0].id).values(claim_token="another")
         )
         session.commit()
-        assert service.send_claimed(session, batch).sent == 0
+        assert delivery.send_claimed(session, batch).sent == 0
     assert statuses() == [(EmailStatus.pending, 0), (EmailStatus.sending, 1), (EmailStatus.sending, 1)]
     assert to_sink.messages == []

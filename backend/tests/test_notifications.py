@@ -39,6 +39,17 @@ def move(api, task, caller, status):
     return time.monotonic()
 
 
+def published_inbox(api, caller, count, timeout=5.0):
+    """The inbox once it lists `count` notifications: they are listed once published, which the
+    relay does just after the change commits."""
+    deadline = time.monotonic() + timeout
+    while True:
+        items = api.get("/api/notifications", headers=caller.headers).json()["items"]
+        if len(items) >= count or time.monotonic() > deadline:
+            return items
+        time.sleep(0.05)
+
+
 def unread_via_api(api, caller):
     return api.get("/api/notifications/unread-count", headers=caller.headers).json()["count"]
 
@@ -262,7 +273,7 @@ def test_websocket_resumes_with_since_and_keeps_alive(servers, team):
     api_a, b = servers
     _org, task, alice, bob, _carol = team
     move(api_a, task, alice, "in_progress")
-    [seen] = api_a.get("/api/notifications", headers=bob.headers).json()["items"]
+    [seen] = published_inbox(api_a, bob, 1)
     move(api_a, task, alice, "in_review")
     move(api_a, task, alice, "done")
     token = api_a.post("/api/notifications/stream-token", headers=bob.headers).json()["token"]

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import select
 
 from src.db import SessionLocal
-from src.emails import service
+from src.emails import delivery
 from src.emails.models import EmailAttempt, EmailQueue, EmailStatus
 from src.emails.service import EmailService
 
@@ -38,10 +38,10 @@ def sendgrid(db, monkeypatch):
     server = ThreadingHTTPServer(("127.0.0.1", 0), FakeSendGrid)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     FakeSendGrid.requests, FakeSendGrid.replies = [], []
-    monkeypatch.setattr(service.settings, "email_backend", "sendgrid")
-    monkeypatch.setattr(service.settings, "sendgrid_api_key", "SG.test-key")
+    monkeypatch.setattr(delivery.settings, "email_backend", "sendgrid")
+    monkeypatch.setattr(delivery.settings, "sendgrid_api_key", "SG.test-key")
     monkeypatch.setattr(
-        service.settings, "sendgrid_api_url", f"http://127.0.0.1:{server.server_port}/v3/mail/send"
+        delivery.settings, "sendgrid_api_url", f"http://127.0.0.1:{server.server_port}/v3/mail/send"
     )
     yield FakeSendGrid
     server.shutdown()
@@ -66,7 +66,7 @@ def outcome(email_id):
 
 def test_sends_the_documented_request(sendgrid):
     email = queue_one()
-    assert service.deliver().sent == 1
+    assert delivery.deliver().sent == 1
     [request] = sendgrid.requests
     assert request["path"] == "/v3/mail/send" and request["auth"] == "Bearer SG.test-key"
     assert request["body"] == {
@@ -87,7 +87,7 @@ def test_validation_error_fails_at_once_with_sendgrids_reason(sendgrid):
         (400, {"errors": [{"message": "Does not contain a valid address.", "field": "from.email"}]})
     )
     email = queue_one()
-    assert service.deliver().sent == 0
+    assert delivery.deliver().sent == 0
     status, last_error, codes = outcome(email.id)
     assert status == EmailStatus.failed and codes == [400]
     assert last_error == "SendGrid answered 400: from.email: Does not contain a valid address."
@@ -97,7 +97,7 @@ def test_validation_error_fails_at_once_with_sendgrids_reason(sendgrid):
 def test_rate_limits_bad_keys_and_outages_are_retried(sendgrid, status_code):
     sendgrid.replies.append((status_code, {"errors": [{"message": "try later", "field": None}]}))
     email = queue_one()
-    service.deliver()
+    delivery.deliver()
     status, last_error, codes = outcome(email.id)
     assert (
         status == EmailStatus.pending and codes == [status_code] and f"answered {status_code}" in last_error

@@ -33,7 +33,16 @@ def current_user(
     session: DbSession,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> User:
-    return user_from_token(session, credentials.credentials if credentials else None)
+    """The caller, loaded in a transaction that ends here.
+
+    FastAPI runs this and the endpoint as two separate hops on the thread pool. Holding the
+    connection in between (or SQLite's write lock) while waiting for a free thread is how a burst of
+    requests used to starve the pool: every thread waited for a connection held by a request that
+    waited for a thread.
+    """
+    user = user_from_token(session, credentials.credentials if credentials else None)
+    session.commit()  # expire_on_commit=False: `user` stays loaded
+    return user
 
 
 CurrentUser = Annotated[User, Depends(current_user)]

@@ -45,6 +45,7 @@ class RecordingHandler:
         self.messages: list[ReceivedMail] = []
         self.replies: deque[str] = deque()
         self.rcpt_replies: deque[str] = deque()
+        self.data_delay = 0.0  # seconds before answering DATA: a slow server, for tests
         self.maildir = maildir
         self.journal = journal.open("a", buffering=1) if journal else None
         self._lock = threading.Lock()
@@ -60,6 +61,8 @@ class RecordingHandler:
         return reply
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        if self.data_delay:
+            await asyncio.sleep(self.data_delay)
         if self.replies:
             return self.replies.popleft()
         raw = envelope.original_content or b""

@@ -13,6 +13,7 @@ import redis
 from sqlalchemy import and_, exists, func, or_, select
 from sqlalchemy.orm import Session
 
+from src import outages
 from src.db import SessionLocal, after_commit, insert_ignoring_duplicates, utcnow
 from src.errors import NotFound
 from src.notifications.models import Notification, NotificationRead, NotificationSequence
@@ -42,12 +43,24 @@ def last_seq(session: Session) -> int:
     return session.scalar(_LAST_SEQ) or 0
 
 
-def _publish(message: dict[str, Any]) -> None:
-    """One message on the fan-out channel; Redis being down is logged, the database still has it all."""
+def _publish(*messages: str) -> None:
+    """Messages on the fan-out channel, in one round trip. Best effort: while Redis is down they are
+    skipped (the outage is logged once); the database has it all, and streams catch up from it."""
+    if not messages or outages.broker.down:
+        return
     try:
-        redis_client().publish(CHANNEL, json.dumps(message))
+        pipe = redis_client().pipeline(transaction=False)
+        for message in messages:
+            pipe.publish(CHANNEL, message)
+        pipe.execute()
     except redis.RedisError as exc:
-        log.warning("could not publish %s message: %s", message["kind"], exc)
+        outages.broker.failed(exc)
+    else:
+        outages.broker.ok()
+
+
+def _hint(message: dict[str, Any]) -> None:
+    _publish(json.dumps(message))
 
 
 def _visible_to(user_id: int) -> Any:
@@ -228,20 +241,22 @@ class NotificationService:
 def _announce_unread_after_commit(session: Session, user_id: int) -> None:
     """Tell the user's streams their unread count changed. They read it from the database: counts
     carried in messages could arrive out of order."""
-    after_commit(session, lambda: _publish({"kind": "unread", "user_id": user_id}))
+    after_commit(session, lambda: _hint({"kind": "unread", "user_id": user_id}))
 
 
 def end_live_streams(user_id: int) -> None:
     """Make every API process close the user's streams: they reconnect with their current
     memberships, so an organization they joined reaches them and one they left no longer does."""
-    _publish({"kind": "revoke", "user_id": user_id})
+    _hint({"kind": "revoke", "user_id": user_id})
 
 
 def publish_pending() -> int:
     """Give every unpublished notification its `seq`, in id order, then publish them to Redis.
 
-    The sequence row's lock makes publishers take turns, so committed seqs never have a hole. If
-    Redis is down, the seqs stand: streams find the notifications in the database.
+    Runs on the relay thread after commits and in the beat job, never in a request: the sequence
+    row's lock makes publishers take turns, so committed seqs never have a hole, and whoever waits
+    for it is not holding a request's connection. If Redis is down, the seqs stand: streams find the
+    notifications in the database.
     """
     published = 0
     while True:
@@ -267,11 +282,7 @@ def publish_pending() -> int:
                 )
                 for n in pending
             ]
-        if messages:
-            pipe = redis_client().pipeline(transaction=False)
-            for message in messages:
-                pipe.publish(CHANNEL, message)
-            pipe.execute()
+        _publish(*messages)
         published += len(pending)
         if len(pending) < PUBLISH_BATCH:
             return published
@@ -281,11 +292,15 @@ def publish_pending_quietly() -> None:
     """After-commit hook: publish now if possible; the beat job retries whatever this could not."""
     try:
         publish_pending()
-    except Exception as exc:  # a stream fast path failing must not fail the request that committed
-        log.warning("notifications not published now (%s); the beat job will", exc)
+    except Exception as exc:
+        outage = outages.outage_of(exc)
+        if outage is None:
+            log.warning("notifications not published now (%s); the beat job will", exc)
+        else:
+            outage.failed(exc)
 
 
 def publish_tick() -> None:
     """Tell every stream the highest seq given out, so one that missed a message notices the gap."""
     with SessionLocal() as session:
-        _publish({"kind": "tick", "seq": last_seq(session)})
+        _hint({"kind": "tick", "seq": last_seq(session)})

@@ -1,17 +1,24 @@
 """Tasks and their history. Every change writes its event in the same transaction as the change."""
 
+import logging
 from collections.abc import Iterable
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from src.auth.models import User
-from src.emails.service import EmailService
+from src.config import settings
+from src.emails.rendering import render
+from src.emails.service import EmailService, normalized_address
 from src.errors import Invalid, NotFound
 from src.notifications.service import NotificationService
+from src.orgs.models import Organization
 from src.orgs.service import member_ids, require_member
 from src.tasks.models import Task, TaskEvent, TaskStatus
 from src.tasks.schemas import TaskPatch
+from src.text import one_line
+
+log = logging.getLogger("herald.tasks")
 
 
 def _require_members(session: Session, org_id: int, user_ids: Iterable[int], role: str) -> None:
@@ -145,9 +152,7 @@ def change_status(session: Session, task: Task, actor: User, new_status: TaskSta
     session.flush()
     recipient_ids = audience(session, task, actor)
     recipients = [session.get_one(User, user_id) for user_id in recipient_ids]
-    EmailService.queue_status_change_emails(
-        session, task, actor, recipients, old_status.value, new_status.value, event.id
-    )
+    _queue_status_emails(session, task, actor, recipients, old_status.value, new_status.value, event.id)
     NotificationService.notify(
         session,
         task.org_id,
@@ -161,6 +166,46 @@ def change_status(session: Session, task: Task, actor: User, new_status: TaskSta
             "actor_id": actor.id,
         },
     )
+
+
+def _queue_status_emails(
+    session: Session,
+    task: Task,
+    actor: User,
+    recipients: list[User],
+    old_status: str,
+    new_status: str,
+    event_id: int,
+) -> None:
+    """One email per recipient, in the status change's transaction; a replay queues nothing new."""
+    org = session.get_one(Organization, task.org_id)
+    task_url = f"{settings.public_base_url.rstrip('/')}/api/tasks/{task.id}"
+    for recipient in recipients:
+        try:
+            to_email = normalized_address(recipient.email)
+        except Invalid as exc:  # one unreachable address must not block the status change
+            log.warning("no status email for user %s: %s", recipient.id, exc.detail)
+            continue
+        text, html = render(
+            "task_status_changed",
+            recipient_name=recipient.name,
+            actor_name=actor.name,
+            task_title=task.title,
+            old_status=old_status,
+            new_status=new_status,
+            task_url=task_url,
+            org_name=org.name,
+        )
+        EmailService.queue_email(
+            session,
+            to_email=to_email,
+            to_name=one_line(recipient.name),
+            subject=one_line(f"[{org.name}] {task.title}: {old_status} → {new_status}", 300),
+            body_text=text,
+            body_html=html,
+            org_id=task.org_id,
+            dedupe_key=f"task-event:{event_id}:user:{recipient.id}",
+        )
 
 
 def _notify_assignee(session: Session, task: Task, actor: User) -> None:

@@ -7,19 +7,19 @@ sends whatever is due (retries, emails whose wake-up was lost, expired claims of
 
 from src.celery_app import app
 from src.config import settings
-from src.emails import service
+from src.emails import delivery
 
 
 @app.task
 def send_email_async(email_id: int) -> int:
     """Send this email, and other due ones in the same batch over the same SMTP connection."""
-    return service.deliver([email_id], fill=True).sent
+    return delivery.deliver([email_id], fill=True).sent
 
 
 @app.task
 def send_email_task(email_id: int) -> int:
     """Send only this email (if it is due), over a connection of its own."""
-    return service.deliver([email_id], fill=False).sent
+    return delivery.deliver([email_id], fill=False).sent
 
 
 @app.task
@@ -31,4 +31,4 @@ def process_email_queue(helpers: int | None = None) -> int:
         for _ in range(extra):
             process_email_queue.delay(helpers=0)
 
-    return service.process_queue(on_full_batch=start_helpers)
+    return delivery.process_queue(on_full_batch=start_helpers)

@@ -1,0 +1,232 @@
+"""Sending claimed emails and recording every outcome the moment it is known.
+
+A crash then re-sends at most the message in flight. An outcome the server accepted is never lost to
+a database outage: its write is retried until the database answers again or the claim's lease is
+about to end, and nothing new is sent meanwhile.
+"""
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import Connection as DbConnection
+from sqlalchemy import Engine, bindparam, exists, func, select
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.orm import Session
+
+from src import outages
+from src.config import settings
+from src.db import SessionLocal, UTCDateTime, utcnow
+from src.emails.backends import Connection, DeliveryError, get_backend
+from src.emails.claims import Claim, backoff_seconds, claim, fail_abandoned, release, renew
+from src.emails.models import EmailAttempt, EmailQueue, EmailStatus
+
+log = logging.getLogger("herald.emails")
+
+_queue, _attempts = EmailQueue.__table__, EmailAttempt.__table__
+# Built once: these run once per email, and SQLAlchemy then reuses their compiled form.
+_MARK = (
+    _queue.update()
+    .where(
+        _queue.c.id == bindparam("email_id"),
+        _queue.c.claim_token == bindparam("token"),
+        _queue.c.status == EmailStatus.sending,
+    )
+    .values(
+        status=bindparam("status", type_=_queue.c.status.type),
+        sent_at=bindparam("sent_at", type_=UTCDateTime()),
+        last_error=bindparam("last_error"),
+        next_attempt_at=func.coalesce(bindparam("retry_at", type_=UTCDateTime()), _queue.c.next_attempt_at),
+        claim_token=None,
+        lease_expires_at=None,
+        updated_at=bindparam("now", type_=UTCDateTime()),
+    )
+)
+_ATTEMPT_COLUMNS = ["email_id", "attempt", "outcome", "smtp_code", "error", "duration_ms", "created_at"]
+_ATTEMPT_VALUES = [
+    bindparam("email_id"),
+    bindparam("attempt"),
+    bindparam("outcome"),
+    bindparam("smtp_code"),
+    bindparam("last_error"),
+    bindparam("duration_ms"),
+    bindparam("now", type_=UTCDateTime()),
+]
+# Once per attempt, even when a write is retried because its answer was lost with the connection.
+_LOG_ATTEMPT = _attempts.insert().from_select(
+    _ATTEMPT_COLUMNS,
+    select(*_ATTEMPT_VALUES).where(
+        ~exists().where(
+            _attempts.c.email_id == bindparam("email_id"), _attempts.c.attempt == bindparam("attempt")
+        )
+    ),
+)
+# PostgreSQL: both in one statement, so one round trip and atomic without BEGIN/COMMIT.
+_MARK_AND_LOG = (
+    select(func.count())
+    .select_from(_MARK.returning(_queue.c.id).cte("marked"))
+    .add_cte(_LOG_ATTEMPT.cte("logged"))
+)
+_UNREACHABLE_DATABASE = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.DisconnectionError)
+
+
+class OutcomeRecorder:
+    """Writes outcomes on a connection of its own: on PostgreSQL in autocommit, as each write is one
+    self-contained, conditional statement that is safe to repeat."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.connection: DbConnection | None = None
+
+    def record(self, email: EmailQueue, token: str, error: DeliveryError | None, started: float,
+               give_up_at: float) -> bool:  # fmt: skip
+        """Record one outcome, retrying through a database outage until `give_up_at` (monotonic);
+        False if the database never answered, and the outcome is lost with the lease."""
+        params = _outcome(email, token, error, started)
+        delay, retried = 0.1, False
+        while True:
+            try:
+                recorded = self._write(params)
+                break
+            except _UNREACHABLE_DATABASE as exc:
+                self.close()
+                outages.database.failed(exc)
+                if time.monotonic() + delay > give_up_at:
+                    log.error("email %s: outcome %r not recorded (no database within the lease); "
+                              "it will be sent again", email.id, params["outcome"])  # fmt: skip
+                    return False
+                time.sleep(delay)
+                delay, retried = min(delay * 2, 2.0), True
+        if recorded == 0 and not retried:  # after a retry, the lost answer may have been a success
+            log.warning("email %s: claim expired before its outcome (%s) was recorded",
+                        email.id, params["outcome"])  # fmt: skip
+        return True
+
+    def _write(self, params: dict[str, Any]) -> int:
+        if self.connection is None:
+            self.connection = self.engine.connect()
+            if self.connection.dialect.name == "postgresql":
+                self.connection = self.connection.execution_options(isolation_level="AUTOCOMMIT")
+        if self.connection.dialect.name == "postgresql":
+            return self.connection.execute(_MARK_AND_LOG, params).scalar_one()
+        with self.connection.begin():
+            recorded = self.connection.execute(_MARK, params).rowcount
+            self.connection.execute(_LOG_ATTEMPT, params)
+            return recorded
+
+    def close(self) -> None:
+        if self.connection is not None:
+            with contextlib.suppress(_UNREACHABLE_DATABASE):
+                self.connection.close()
+            self.connection = None
+
+
+def _outcome(email: EmailQueue, token: str, error: DeliveryError | None, started: float) -> dict[str, Any]:
+    now = utcnow()
+    status, retry_at = EmailStatus.sent, None
+    if error is None:
+        outcome = "sent"
+    elif error.permanent or email.attempts >= email.max_attempts:
+        outcome, status = ("permanent" if error.permanent else "transient"), EmailStatus.failed
+    else:
+        outcome, status = "transient", EmailStatus.pending
+        retry_at = now + timedelta(seconds=backoff_seconds(email.attempts))
+    return {
+        "email_id": email.id,
+        "token": token,
+        "status": status,
+        "sent_at": now if error is None else None,
+        "last_error": error.reason if error else None,
+        "retry_at": retry_at,
+        "now": now,
+        "attempt": email.attempts,
+        "outcome": outcome,
+        "smtp_code": error.code if error else 250,
+        "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+    }
+
+
+@dataclass
+class Delivery:
+    claimed: int = 0
+    sent: int = 0
+    unreachable: bool = False  # the server, or the database, could not be reached: stop for now
+
+
+def send_claimed(session: Session, claim: Claim) -> Delivery:
+    """Send a claim's emails over one connection."""
+    backend = get_backend(settings)
+    connection: Connection | None = None
+    recorder = OutcomeRecorder(session.get_bind())  # type: ignore[arg-type]
+    delivery = Delivery(claimed=len(claim.emails))
+    margin = settings.email_lease_seconds * 0.1
+    try:
+        for index, email in enumerate(claim.emails):
+            if claim.renewal_due and not renew(session, claim, claim.emails[index:]):
+                release(session, claim.emails[index:], claim.token)
+                break
+            started = time.perf_counter()
+            error: DeliveryError | None = None
+            try:
+                if connection is None:
+                    connection = backend.connect()
+                connection.send(settings.smtp_from_email, email.to_email, email.mime.encode("ascii"))
+            except DeliveryError as exc:
+                error = exc
+                if exc.broken and connection is not None:
+                    connection.close()
+                connection = None if exc.broken else connection
+            if not recorder.record(email, claim.token, error, started, claim.lease_ends - margin):
+                delivery.unreachable = True  # the rest stay claimed; their lease expires, then they are due
+                break
+            if error is None:
+                delivery.sent += 1
+            elif error.broken and index == 0:
+                # The server cannot be reached at all: do not burn everyone's attempts on it.
+                release(session, claim.emails[1:], claim.token)
+                delivery.unreachable = True
+                break
+    finally:
+        recorder.close()
+        if connection is not None:
+            connection.close()
+    return delivery
+
+
+def deliver(email_ids: list[int] | None = None, fill: bool = True) -> Delivery:
+    """Claim and send, over one connection: `email_ids` first, then (with `fill`) other due emails
+    up to the batch size."""
+    with SessionLocal() as session:
+        if fill:
+            batch = claim(session, settings.email_batch_size, first=email_ids)
+        else:
+            batch = claim(session, len(email_ids or ()), only=email_ids or [])
+        return send_claimed(session, batch) if batch.emails else Delivery()
+
+
+def process_queue(time_budget: float | None = None, on_full_batch: Callable[[], None] | None = None) -> int:
+    """Send due emails batch after batch until none is due or the time budget is spent.
+
+    `on_full_batch` is called once, if the first batch was full: the caller's cue to start helpers.
+    """
+    budget = time_budget if time_budget is not None else max(settings.email_queue_interval * 0.8, 1.0)
+    deadline = time.monotonic() + budget
+    with SessionLocal() as session:
+        fail_abandoned(session)
+    sent = 0
+    batches = 0
+    while time.monotonic() < deadline:
+        delivery = deliver()
+        sent += delivery.sent
+        batches += 1
+        # A short batch may only mean another drainer took rows first; an unreachable server gets
+        # no more tries (each would cost an email an attempt) until the next run.
+        if delivery.claimed == 0 or delivery.unreachable:
+            break
+        if batches == 1 and delivery.claimed >= settings.email_batch_size and on_full_batch is not None:
+            on_full_batch()
+    return sent
