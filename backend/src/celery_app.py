@@ -5,17 +5,25 @@ worker's message is redelivered), one prefetched message per process, and a visi
 longer than any email claim lease so Redis never redelivers work whose claim is still alive.
 """
 
-from celery import Celery
+import logging
+from typing import Any
+
+from celery import Celery, signals
 from kombu import Queue
 
 from src.config import settings
+from src.outages import fold_outage_tracebacks
 from src.redis_client import celery_transport_options
 
 app = Celery(
     "herald",
     broker=settings.redis_url,
     backend=settings.redis_url,
-    include=["src.emails.tasks.email_tasks", "src.notifications.tasks.notification_tasks"],
+    include=[
+        "src.emails.tasks.email_tasks",
+        "src.notifications.tasks.notification_tasks",
+        "src.idempotency.tasks.idempotency_tasks",
+    ],
 )
 app.conf.update(
     task_serializer="json",
@@ -58,8 +66,20 @@ app.conf.update(
             "task": "src.notifications.tasks.notification_tasks.publish_notifications",
             "schedule": settings.notification_publish_interval,
         },
+        "delete-expired-idempotency-keys": {
+            "task": "src.idempotency.tasks.idempotency_tasks.delete_expired_idempotency_keys",
+            "schedule": 3600,  # hourly; a key lives 24 h
+        },
     },
     timezone="UTC",
 )
+
+
+@signals.after_setup_logger.connect
+@signals.after_setup_task_logger.connect
+def _fold_outage_tracebacks(logger: logging.Logger, **_kwargs: Any) -> None:
+    """A database or Redis restart makes every task fail alike: say it once, not per task."""
+    fold_outage_tracebacks(logger)
+
 
 celery_app = app

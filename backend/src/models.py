@@ -3,6 +3,7 @@
 from src.auth.models import User
 from src.db import Base
 from src.emails.models import EmailAttempt, EmailQueue
+from src.idempotency.models import IdempotencyKey
 from src.notifications.models import Notification, NotificationRead, NotificationSequence
 from src.orgs.models import Membership, Organization
 from src.tasks.models import Task, TaskEvent, task_watchers
@@ -11,6 +12,7 @@ __all__ = [
     "Base",
     "EmailAttempt",
     "EmailQueue",
+    "IdempotencyKey",
     "Membership",
     "Notification",
     "NotificationRead",

@@ -13,6 +13,7 @@ from src.auth.deps import CurrentUser, DbSession, user_from_token
 from src.auth.security import create_token
 from src.config import settings
 from src.db import SessionLocal
+from src.idempotency.deps import Idempotent
 from src.notifications import live
 from src.notifications.schemas import (
     AnnouncementIn,
@@ -66,15 +67,23 @@ def stream_token(user: CurrentUser) -> StreamToken:
     )
 
 
-@router.post("/orgs/{org_id}/announcements", status_code=status.HTTP_201_CREATED)
-def announce(org_id: PathId, body: AnnouncementIn, user: CurrentUser, session: DbSession) -> NotificationOut:
+@router.post(
+    "/orgs/{org_id}/announcements", status_code=status.HTTP_201_CREATED, response_model=NotificationOut
+)
+def announce(
+    org_id: PathId, body: AnnouncementIn, user: CurrentUser, session: DbSession, idempotent: Idempotent
+) -> NotificationOut | Response:
     """Broadcast to every member of the organization (owners and admins only)."""
-    require_manager(session, org_id, user)
-    notification = NotificationService.broadcast(
-        session, org_id, "announcement", body.title, body.body, {"author_id": user.id}
-    )
-    session.commit()
-    return NotificationOut(**to_payload(notification))
+
+    def create() -> NotificationOut:
+        require_manager(session, org_id, user)
+        notification = NotificationService.broadcast(
+            session, org_id, "announcement", body.title, body.body, {"author_id": user.id}
+        )
+        session.commit()
+        return NotificationOut(**to_payload(notification))
+
+    return idempotent.run(create)
 
 
 def _stream_user(authorization: str | None, token: str | None) -> int:

@@ -1,6 +1,8 @@
 from fastapi import APIRouter, status
+from fastapi.responses import Response
 
 from src.auth.deps import CurrentUser, DbSession
+from src.idempotency.deps import Idempotent
 from src.orgs import service
 from src.orgs.models import Membership, Organization
 from src.orgs.schemas import MemberIn, MemberOut, OrgIn, OrgOut
@@ -13,9 +15,11 @@ def _org_out(org: Organization, membership: Membership) -> OrgOut:
     return OrgOut(id=org.id, name=org.name, role=membership.role, created_at=org.created_at)
 
 
-@router.post("", status_code=status.HTTP_201_CREATED)
-def create_org(body: OrgIn, user: CurrentUser, session: DbSession) -> OrgOut:
-    return _org_out(*service.create_org(session, user, body.name))
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=OrgOut)
+def create_org(
+    body: OrgIn, user: CurrentUser, session: DbSession, idempotent: Idempotent
+) -> OrgOut | Response:
+    return idempotent.run(lambda: _org_out(*service.create_org(session, user, body.name)))
 
 
 @router.get("")
@@ -34,8 +38,12 @@ def list_members(org_id: PathId, user: CurrentUser, session: DbSession) -> objec
 
 
 @router.post("/{org_id}/members", status_code=status.HTTP_201_CREATED, response_model=MemberOut)
-def add_member(org_id: PathId, body: MemberIn, user: CurrentUser, session: DbSession) -> object:
-    return service.add_member(session, org_id, user, body.email, body.role)
+def add_member(
+    org_id: PathId, body: MemberIn, user: CurrentUser, session: DbSession, idempotent: Idempotent
+) -> MemberOut | Response:
+    return idempotent.run(
+        lambda: MemberOut.model_validate(service.add_member(session, org_id, user, body.email, body.role))
+    )
 
 
 @router.delete("/{org_id}/members/{user_id}", status_code=status.HTTP_204_NO_CONTENT)

@@ -1,8 +1,10 @@
 from typing import Annotated
 
 from fastapi import APIRouter, Query, status
+from fastapi.responses import Response
 
 from src.auth.deps import CurrentUser, DbSession
+from src.idempotency.deps import Idempotent
 from src.tasks import service
 from src.tasks.models import Task, TaskStatus
 from src.tasks.schemas import TaskEventOut, TaskIn, TaskOut, TaskPage, TaskPatch
@@ -26,12 +28,17 @@ def _task_out(task: Task) -> TaskOut:
     )
 
 
-@router.post("/orgs/{org_id}/tasks", status_code=status.HTTP_201_CREATED)
-def create_task(org_id: PathId, body: TaskIn, user: CurrentUser, session: DbSession) -> TaskOut:
-    task = service.create_task(
-        session, org_id, user, body.title, body.description, body.assignee_id, body.watcher_ids
-    )
-    return _task_out(task)
+@router.post("/orgs/{org_id}/tasks", status_code=status.HTTP_201_CREATED, response_model=TaskOut)
+def create_task(
+    org_id: PathId, body: TaskIn, user: CurrentUser, session: DbSession, idempotent: Idempotent
+) -> TaskOut | Response:
+    def create() -> TaskOut:
+        task = service.create_task(
+            session, org_id, user, body.title, body.description, body.assignee_id, body.watcher_ids
+        )
+        return _task_out(task)
+
+    return idempotent.run(create)
 
 
 @router.get("/orgs/{org_id}/tasks")
