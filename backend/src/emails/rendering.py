@@ -9,6 +9,7 @@ _env = Environment(
     autoescape=select_autoescape(["html"]),
     undefined=StrictUndefined,
     keep_trailing_newline=True,
+    auto_reload=False,  # templates ship with the code; checking their mtime on every render costs
 )
 
 

@@ -56,12 +56,15 @@ class EmailService:
         dedupe_key: str | None = None,
         max_attempts: int | None = None,
         wake_worker: bool = True,
+        flush: bool = True,
     ) -> EmailQueue:
         """Validate and add one email to the outbox in `session`'s transaction.
 
         Raises `Invalid` (and adds nothing) for a bad address, a header with CR/LF, an empty subject or
         an oversized body. A `dedupe_key` already queued returns the existing row instead.
         `wake_worker=False` leaves the email to the queue processor (bulk loads, backfills).
+        `flush=False` leaves the INSERT to the transaction's next flush, one statement for all the
+        emails of a change; the row then has its id once that happens.
         """
         to_email = normalized_address(to_email)
         _check_header("subject", subject)
@@ -76,7 +79,7 @@ class EmailService:
         if size > settings.email_max_body_bytes:
             raise Invalid(f"body is {size} bytes; the limit is {settings.email_max_body_bytes}")
         if dedupe_key is not None:
-            existing = session.scalar(select(EmailQueue).where(EmailQueue.dedupe_key == dedupe_key))
+            existing = _queued_with(session, dedupe_key)
             if existing is not None:
                 return existing
         to_name, subject = to_name.strip(), subject.strip()
@@ -96,9 +99,10 @@ class EmailService:
             next_attempt_at=now,
         )
         session.add(email)
-        session.flush()
+        if flush:
+            session.flush()
         if wake_worker:
-            _Wakeups.for_session(session).email_ids.append(email.id)
+            _Wakeups.for_session(session).emails.append(email)
         return email
 
     # --- repair: what an operator does from the CLI or an org admin from the API ----------------
@@ -170,14 +174,20 @@ class EmailService:
         return list(session.scalars(query.order_by(EmailQueue.id.desc()).limit(limit).offset(offset)))
 
 
-class _Wakeups:
-    """The `send_email_async` messages a transaction owes once it commits, one per email.
+def _queued_with(session: Session, dedupe_key: str) -> EmailQueue | None:
+    for pending in session.new:  # queued earlier in this transaction, not flushed yet
+        if isinstance(pending, EmailQueue) and pending.dedupe_key == dedupe_key:
+            return pending
+    with session.no_autoflush:
+        return session.scalar(select(EmailQueue).where(EmailQueue.dedupe_key == dedupe_key))
 
-    If Redis refuses the first, the rest are not tried: each try can take a second or two, and the
-    queue processor sends those emails anyway.
-    """
+
+class _Wakeups:
+    """The `send_email_async` messages a transaction owes once it commits: one per batch of its
+    emails, which the worker claims together and sends over one connection."""
 
     def __init__(self) -> None:
+        self.emails: list[EmailQueue] = []
         self.email_ids: list[int] = []
 
     @classmethod
@@ -192,14 +202,15 @@ class _Wakeups:
     def __call__(self) -> None:
         from src.emails.tasks.email_tasks import send_email_async
 
-        for index, email_id in enumerate(self.email_ids):
-            if outages.broker.down:  # known down: do not wait for another refusal
-                return
-            try:
-                send_email_async.delay(email_id)
-            except Exception as exc:  # the broker is optional for correctness: the processor sends them
-                if outages.broker.failed(exc):
-                    log.warning("%d email(s) not published; the queue processor will send them",
-                                len(self.email_ids) - index)  # fmt: skip
-                return
+        ids = [*self.email_ids, *(email.id for email in self.emails)]  # committed, so they have ids
+        if not ids or outages.broker.down:  # known down: do not wait for another refusal
+            return
+        try:
+            for start in range(0, len(ids), settings.email_batch_size):  # one claim's worth each
+                batch = ids[start : start + settings.email_batch_size]
+                send_email_async.delay(batch[0], batch[1:])
+        except Exception as exc:  # the broker is optional for correctness: the processor sends them
+            if outages.broker.failed(exc):
+                log.warning("%d email(s) not published; the queue processor will send them", len(ids))
+            return
         outages.broker.ok()

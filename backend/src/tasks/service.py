@@ -151,7 +151,7 @@ def change_status(session: Session, task: Task, actor: User, new_status: TaskSta
     task.status = new_status
     session.flush()
     recipient_ids = audience(session, task, actor)
-    recipients = [session.get_one(User, user_id) for user_id in recipient_ids]
+    recipients = list(session.scalars(select(User).where(User.id.in_(recipient_ids)).order_by(User.id)))
     _queue_status_emails(session, task, actor, recipients, old_status.value, new_status.value, event.id)
     NotificationService.notify(
         session,
@@ -205,6 +205,7 @@ def _queue_status_emails(
             body_html=html,
             org_id=task.org_id,
             dedupe_key=f"task-event:{event_id}:user:{recipient.id}",
+            flush=False,
         )
 
 
