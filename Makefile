@@ -3,8 +3,10 @@ PYTHON ?= python3
 VENV := backend/.venv
 BIN := $(VENV)/bin
 N ?=
+DURATION ?= 300
+RATE ?= 30
 
-.PHONY: run test lint bench-email bench-live
+.PHONY: run test lint bench-email bench-live soak
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,3 +34,6 @@ bench-email: $(VENV)/.dev
 
 bench-live: $(VENV)/.dev
 	cd backend && .venv/bin/python -m benchmarks.live_fanout $(if $(N),--n $(N)) $(if $(DB),--database $(DB))
+
+soak: $(VENV)/.dev
+	cd backend && .venv/bin/python -m benchmarks.soak --duration $(DURATION) --rate $(RATE)

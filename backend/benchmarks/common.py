@@ -5,17 +5,13 @@ Environment variables are set before `src` settings are read, so import `src` on
 
 import json
 import os
-import subprocess
-import sys
 import tempfile
-import time
 from contextlib import ExitStack
 from pathlib import Path
 
 from src.devserver.databases import DEFAULT_PG_ADMIN_URL, create_pg_database, drop_pg_database, migrate
-from src.devserver.redis_server import PrivateRedis, free_port
-
-BACKEND_DIR = Path(__file__).resolve().parent.parent
+from src.devserver.processes import SmtpSinkProcess
+from src.devserver.redis_server import PrivateRedis
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -42,19 +38,11 @@ def prepare(stack: ExitStack, database: str) -> tuple[Path, str]:
 
 def start_sink(stack: ExitStack, workdir: Path) -> tuple[int, Path]:
     """The SMTP sink as its own process (as a real mail server would be); returns (port, journal)."""
-    port = free_port()
     journal = workdir / "sink.jsonl"
     journal.touch()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "src.devserver.smtp_sink", "--port", str(port), "--journal", str(journal)],
-        cwd=BACKEND_DIR,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    stack.callback(process.wait)
-    stack.callback(process.terminate)
-    time.sleep(1.0)
-    return port, journal
+    sink = SmtpSinkProcess(workdir / "sink.log", journal).start()
+    stack.callback(sink.stop)
+    return sink.port, journal
 
 
 def read_journal(journal: Path) -> list[dict]:

@@ -1,4 +1,4 @@
-"""Real child processes for the tests and benchmarks: a Celery worker, an API server.
+"""Real child processes for the tests and benchmarks: Celery worker and beat, an API server, the SMTP sink.
 
 Each runs in its own process group, so `kill()` takes the whole tree down at once, as a crash would.
 """
@@ -13,7 +13,7 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-from src.devserver.redis_server import die_with_parent
+from src.devserver.redis_server import die_with_parent, free_port
 
 BACKEND_DIR = Path(__file__).resolve().parents[2]
 
@@ -24,6 +24,7 @@ class ManagedProcess:
         self.env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
         self.logfile = logfile
         self.process: subprocess.Popen[bytes] | None = None
+        self._log_offset = 0
 
     def is_ready(self, log_since_start: bytes) -> bool:
         raise NotImplementedError
@@ -33,22 +34,31 @@ class ManagedProcess:
         return self.process is not None and self.process.poll() is None
 
     def start(self, timeout: float = 30.0) -> "ManagedProcess":
+        self.spawn()
+        assert self.process is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.process.poll() is None:
+            if self.ready():
+                return self
+            time.sleep(0.1)
+        self.kill()
+        raise RuntimeError(f"{self.command[:5]} did not become ready; see {self.logfile}")
+
+    def spawn(self) -> None:
+        """Start the process without waiting for it (`ready()` tells), as a supervisor restarts several
+        at once: one that waits for a dependency must not hold up the others."""
         self.logfile.parent.mkdir(parents=True, exist_ok=True)
-        offset = self.logfile.stat().st_size if self.logfile.exists() else 0
+        self._log_offset = self.logfile.stat().st_size if self.logfile.exists() else 0
         with self.logfile.open("ab") as log:
             self.process = subprocess.Popen(
                 self.command, cwd=BACKEND_DIR, env=self.env, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True, preexec_fn=die_with_parent,
             )  # fmt: skip
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self.process.poll() is None:
-            with self.logfile.open("rb") as log:
-                log.seek(offset)
-                if self.is_ready(log.read()):
-                    return self
-            time.sleep(0.1)
-        self.kill()
-        raise RuntimeError(f"{self.command[:5]} did not become ready; see {self.logfile}")
+
+    def ready(self) -> bool:
+        with self.logfile.open("rb") as log:
+            log.seek(self._log_offset)
+            return self.is_ready(log.read())
 
     def _signal_group(self, signum: int) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -124,3 +134,34 @@ class ApiServer(ManagedProcess):
         with contextlib.suppress(OSError), urllib.request.urlopen(f"{self.url}/healthz", timeout=1) as reply:
             return reply.status == 200
         return False
+
+
+class CeleryBeat(ManagedProcess):
+    """The periodic jobs (email queue processor, notification publisher): exactly one per deployment."""
+
+    def __init__(self, env: dict[str, str], logfile: Path, schedule: Path) -> None:
+        command = [
+            sys.executable, "-m", "celery", "-A", "src.celery_app", "beat", "--loglevel=info",
+            f"--schedule={schedule}",
+        ]  # fmt: skip
+        super().__init__(command, env, logfile)
+
+    def is_ready(self, log_since_start: bytes) -> bool:
+        return b"beat: Starting" in log_since_start
+
+
+class SmtpSinkProcess(ManagedProcess):
+    """The SMTP sink in its own process, as a mail server is: it can crash, and comes back on the same
+    port, appending to the same journal (one JSON line per accepted message)."""
+
+    def __init__(self, logfile: Path, journal: Path) -> None:
+        self.port = free_port()
+        self.journal = journal
+        command = [
+            sys.executable, "-m", "src.devserver.smtp_sink", "--port", str(self.port),
+            "--journal", str(journal),
+        ]  # fmt: skip
+        super().__init__(command, {}, logfile)
+
+    def is_ready(self, log_since_start: bytes) -> bool:
+        return b"SMTP sink listening" in log_since_start

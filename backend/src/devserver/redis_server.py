@@ -17,11 +17,12 @@ except (OSError, AttributeError):  # not Linux
 PR_SET_PDEATHSIG = 1
 
 
-def die_with_parent() -> None:
-    """`preexec_fn` for children: the kernel sends them SIGTERM when their parent dies (Linux), so
-    a killed test run or dev runner leaves no stray servers behind."""
+def die_with_parent(signum: int = signal.SIGTERM) -> None:
+    """`preexec_fn` for children: the kernel sends them `signum` when their parent dies (Linux), so
+    a killed test run or dev runner leaves no stray servers behind. "Parent" is the thread that
+    started the child: start long-lived children from a thread that lives as long as they should."""
     if _prctl is not None:
-        _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        _prctl(PR_SET_PDEATHSIG, signum)
 
 
 def free_port() -> int:
@@ -51,7 +52,8 @@ def redis_answers(url: str, timeout: float = 0.5) -> bool:
 
 
 class PrivateRedis:
-    """A redis-server child process on its own port, keeping nothing on disk."""
+    """A redis-server child process on its own port, keeping nothing on disk (unless `extra_args`
+    turn persistence on: later arguments win). `stop()` then `start()` comes back on the same port."""
 
     def __init__(
         self, port: int | None = None, workdir: str = "/tmp", extra_args: tuple[str, ...] = ()
@@ -89,4 +91,11 @@ class PrivateRedis:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        self.process = None
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, with no chance to write anything more to disk."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
         self.process = None

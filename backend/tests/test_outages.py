@@ -1,0 +1,157 @@
+"""PostgreSQL going away under Herald: a private cluster the tests may stop and restart, a real API
+process, the real delivery path, a real SMTP sink."""
+
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+
+import httpx
+import psycopg
+import pytest
+from sqlalchemy import make_url, select
+
+from src import db as herald_db
+from src.auth.models import User
+from src.auth.security import create_token
+from src.db import SessionLocal, configure_engine
+from src.devserver.databases import migrate
+from src.devserver.postgres_server import PrivatePostgres
+from src.devserver.processes import ApiServer
+from src.devserver.redis_server import free_port
+from src.emails import delivery
+from src.emails.models import EmailQueue, EmailStatus
+from src.emails.service import EmailService
+from tests.conftest import IN_CI, RUN_DIR
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A migrated private cluster, which these tests may stop and restart."""
+    try:
+        pg = PrivatePostgres(workdir=str(RUN_DIR / "private-pg")).start()
+    except (OSError, RuntimeError) as exc:
+        if IN_CI:
+            pytest.fail(f"CI=true and no private PostgreSQL cluster: {exc}")
+        pytest.skip(f"no private PostgreSQL cluster: {exc}")
+    migrate(pg.url)
+    yield pg
+    pg.stop()
+
+
+@pytest.fixture
+def on_cluster(cluster):
+    """Herald's engine on the cluster for one test, then back on the run's database."""
+    assert herald_db.engine is not None
+    previous = herald_db.engine.url.render_as_string(hide_password=False)
+    configure_engine(cluster.url)
+    yield cluster
+    if cluster.process is None:
+        cluster.start()
+    configure_engine(previous)
+
+
+@pytest.fixture
+def user(on_cluster, password_hash):
+    with SessionLocal() as session:
+        user = User(email=f"u{time.monotonic_ns()}@example.com", name="Uma", password_hash=password_hash)
+        session.add(user)
+        session.commit()
+    return {"Authorization": f"Bearer {create_token(user.id, 'access', timedelta(hours=1))}"}
+
+
+def test_database_restart_mid_batch_sends_each_email_once(on_cluster, sink, monkeypatch):
+    monkeypatch.setattr(delivery.settings, "smtp_host", "127.0.0.1")
+    monkeypatch.setattr(delivery.settings, "smtp_port", sink.port)
+    monkeypatch.setattr(delivery.settings, "smtp_use_tls", False)
+    with SessionLocal() as session:
+        for n in range(30):
+            EmailService.queue_email(
+                session, to_email=f"r{n}@example.com", subject=f"S{n}", body_text="b", wake_worker=False
+            )
+        session.commit()
+    sink.handler.data_delay = 0.05  # a batch that takes long enough to restart the database under it
+
+    # The restart runs on this thread: the cluster is told to die with the thread that started it.
+    with ThreadPoolExecutor(1) as pool:
+        sending = pool.submit(delivery.deliver)
+        try:
+            sink.wait_for(5, timeout=20)
+            on_cluster.restart()
+            delivered = sending.result(timeout=60)
+        finally:
+            sink.handler.data_delay = 0.0
+    assert len(sink.messages) > 5, "the restart came after the batch; nothing was tested"
+
+    counts = Counter(m.message["Message-ID"] for m in sink.messages)
+    assert delivered.sent == 30 and len(counts) == 30 and max(counts.values()) == 1
+    with SessionLocal() as session:
+        statuses = Counter(session.scalars(select(EmailQueue.status)))
+    assert statuses == {EmailStatus.sent: 30}
+
+
+def test_requests_answer_503_at_once_while_the_database_is_down(on_cluster, user, redis_url):
+    cluster = on_cluster
+    log = RUN_DIR / "api-outage.log"
+    api = ApiServer({"DATABASE_URL": cluster.url}, log, free_port()).start()
+    try:
+        with httpx.Client(base_url=api.url, timeout=10) as http:
+            assert http.get("/api/orgs", headers=user).status_code == 200
+            cluster.stop()
+            with ThreadPoolExecutor(10) as pool:
+                answers = list(pool.map(lambda _: timed(http.get, "/api/orgs", headers=user), range(30)))
+            for response, seconds in answers:
+                assert response.status_code == 503 and seconds < 2.0, (response.status_code, seconds)
+                assert response.headers["Retry-After"] == "2"
+                assert response.json() == {"detail": "the database is unavailable; retry shortly"}
+            health, seconds = timed(http.get, "/healthz")
+            assert health.status_code == 200 and seconds < 0.5
+
+            cluster.start()
+            assert http.get("/api/orgs", headers=user).status_code == 200
+    finally:
+        api.stop()
+    text = log.read_text()
+    assert text.count("the database is unavailable") == 1, "an outage is said once, not per request"
+    assert "Traceback" not in text
+    assert "the database is available again" in text
+
+
+def test_an_exhausted_pool_answers_503_instead_of_waiting(
+    client, make_user, make_org, database_url, redis_url
+):
+    if not database_url.startswith("postgresql"):
+        pytest.skip("row locks that hold connections are PostgreSQL's")
+    alice = make_user("alice")
+    org_id = make_org(alice)
+    task = client.post(f"/api/orgs/{org_id}/tasks", json={"title": "Hot"}, headers=alice.headers).json()
+    env = {"DATABASE_URL": database_url, "API_THREADS": "8", "DB_POOL_SIZE": "2", "DB_POOL_TIMEOUT": "1"}
+    api = ApiServer(env, RUN_DIR / "api-small-pool.log", free_port()).start()
+    libpq = make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
+    try:
+        with psycopg.connect(libpq) as holder, httpx.Client(base_url=api.url, timeout=10) as http:
+            holder.execute("SELECT 1 FROM tasks WHERE id = %s FOR UPDATE", [task["id"]])
+            change = {"status": "in_progress"}
+            with ThreadPoolExecutor(6) as pool:
+                pending = [
+                    pool.submit(
+                        timed, http.patch, f"/api/tasks/{task['id']}", json=change, headers=alice.headers
+                    )
+                    for _ in range(6)
+                ]
+                time.sleep(3)  # two hold the pool's connections, waiting for the row; the rest give up
+                holder.rollback()
+                answers = [future.result() for future in pending]
+    finally:
+        api.stop()
+    codes = Counter(response.status_code for response, _seconds in answers)
+    assert set(codes) <= {200, 503} and codes[503] >= 4, codes
+    for response, seconds in answers:
+        if response.status_code == 503:
+            assert seconds < 2.5 and response.headers["Retry-After"] == "2"
+
+
+def timed(call, *args, **kwargs):
+    started = time.monotonic()
+    response = call(*args, **kwargs)
+    return response, time.monotonic() - started
