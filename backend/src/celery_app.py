@@ -55,8 +55,10 @@ app.conf.update(
         "interval_step": 0.2,
         "interval_max": 0.5,
     },
-    worker_send_task_events=True,
-    task_send_sent_event=True,
+    # Task events cost three extra Redis messages per task; Flower turns them on in the workers
+    # while it runs (its --enable_events, on by default), so nothing needs them on otherwise.
+    worker_send_task_events=False,
+    task_send_sent_event=False,
     beat_schedule={
         "process-email-queue": {
             "task": "src.emails.tasks.email_tasks.process_email_queue",

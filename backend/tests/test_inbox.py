@@ -1,5 +1,7 @@
 """The notification inbox API, in-process (no streams), on both databases."""
 
+from src.relay import relay
+
 
 def test_inbox_pages_filters_and_read_state(client, make_user, make_org):
     alice, bob = make_user("alice"), make_user("bob")
@@ -10,6 +12,7 @@ def test_inbox_pages_filters_and_read_state(client, make_user, make_org):
     for status in ("in_progress", "in_review", "done", "cancelled", "todo"):
         client.patch(f"/api/tasks/{task.json()['id']}", json={"status": status}, headers=alice.headers)
     client.post(f"/api/orgs/{org_id}/announcements", json={"title": "All hands"}, headers=alice.headers)
+    assert relay.flush(5)  # the inbox lists notifications once the relay has published them
 
     first = client.get("/api/notifications?limit=4", headers=bob.headers).json()
     assert first["items"][0]["title"] == "All hands" and len(first["items"]) == 4

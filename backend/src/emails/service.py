@@ -6,6 +6,8 @@ Nothing here trusts Redis with state. A Celery message only says "look at the ou
 
 import logging
 import uuid
+from dataclasses import dataclass
+from typing import Any
 
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import func, select, update
@@ -39,71 +41,59 @@ def _message_id_domain() -> str:
     return settings.smtp_from_email.rpartition("@")[2] or "herald.local"
 
 
+@dataclass
+class EmailDraft:
+    """One email to queue: what `EmailService.queue_email()` takes, for queueing many at once."""
+
+    to_email: str
+    subject: str
+    body_text: str
+    body_html: str | None = None
+    to_name: str = ""
+    org_id: int | None = None
+    priority: int = 0
+    dedupe_key: str | None = None
+    max_attempts: int | None = None
+
+
 class EmailService:
     """Queue emails into the outbox. Callers own the transaction; publishing waits for its commit."""
 
     @staticmethod
-    def queue_email(
-        session: Session,
-        *,
-        to_email: str,
-        subject: str,
-        body_text: str,
-        body_html: str | None = None,
-        to_name: str = "",
-        org_id: int | None = None,
-        priority: int = 0,
-        dedupe_key: str | None = None,
-        max_attempts: int | None = None,
-        wake_worker: bool = True,
-        flush: bool = True,
-    ) -> EmailQueue:
-        """Validate and add one email to the outbox in `session`'s transaction.
+    def queue_email(session: Session, *, wake_worker: bool = True, **draft: Any) -> EmailQueue:
+        """Validate and add one email to the outbox in `session`'s transaction, and flush it, so the
+        row has its id. Takes the fields of `EmailDraft` as keywords.
 
         Raises `Invalid` (and adds nothing) for a bad address, a header with CR/LF, an empty subject or
         an oversized body. A `dedupe_key` already queued returns the existing row instead.
         `wake_worker=False` leaves the email to the queue processor (bulk loads, backfills).
-        `flush=False` leaves the INSERT to the transaction's next flush, one statement for all the
-        emails of a change; the row then has its id once that happens.
         """
-        to_email = normalized_address(to_email)
-        _check_header("subject", subject)
-        _check_header("recipient name", to_name)
-        if not subject.strip():
-            raise Invalid("subject must not be empty")
-        if len(subject) > 998:
-            raise Invalid("subject must be at most 998 characters")
-        if not body_text.strip():
-            raise Invalid("the plain-text body must not be empty")
-        size = len(body_text.encode()) + len((body_html or "").encode())
-        if size > settings.email_max_body_bytes:
-            raise Invalid(f"body is {size} bytes; the limit is {settings.email_max_body_bytes}")
-        if dedupe_key is not None:
-            existing = _queued_with(session, dedupe_key)
-            if existing is not None:
-                return existing
-        to_name, subject = to_name.strip(), subject.strip()
-        message_id = f"<{uuid.uuid4().hex}@{_message_id_domain()}>"
-        now = utcnow()
-        email = EmailQueue(
-            org_id=org_id,
-            to_email=to_email,
-            to_name=to_name,
-            subject=subject,
-            mime=compose_message(to_email, to_name, subject, body_text, body_html, message_id, now),
-            message_id=message_id,
-            dedupe_key=dedupe_key,
-            priority=priority,
-            max_attempts=max_attempts or settings.email_max_attempts,
-            created_at=now,
-            next_attempt_at=now,
-        )
-        session.add(email)
-        if flush:
-            session.flush()
-        if wake_worker:
-            _Wakeups.for_session(session).emails.append(email)
+        [email] = EmailService.queue_emails(session, [EmailDraft(**draft)], wake_worker=wake_worker)
+        session.flush()
         return email
+
+    @staticmethod
+    def queue_emails(
+        session: Session, drafts: list[EmailDraft], wake_worker: bool = True
+    ) -> list[EmailQueue]:
+        """`queue_email()` for many, as the emails of one change: one query for their dedupe keys,
+        and one INSERT at the transaction's next flush (the rows have their ids from then on). Nothing
+        is added unless every draft is valid."""
+        emails = [_new_email(draft) for draft in drafts]
+        keys = [e.dedupe_key for e in emails if e.dedupe_key is not None]
+        existing = _queued_with(session, keys) if keys else {}
+        queued: list[EmailQueue] = []
+        for email in emails:
+            if email.dedupe_key in existing:
+                queued.append(existing[email.dedupe_key])
+                continue
+            session.add(email)
+            queued.append(email)
+            if email.dedupe_key is not None:
+                existing[email.dedupe_key] = email
+            if wake_worker:
+                _Wakeups.for_session(session).emails.append(email)
+        return queued
 
     # --- repair: what an operator does from the CLI or an org admin from the API ----------------
 
@@ -174,12 +164,45 @@ class EmailService:
         return list(session.scalars(query.order_by(EmailQueue.id.desc()).limit(limit).offset(offset)))
 
 
-def _queued_with(session: Session, dedupe_key: str) -> EmailQueue | None:
-    for pending in session.new:  # queued earlier in this transaction, not flushed yet
-        if isinstance(pending, EmailQueue) and pending.dedupe_key == dedupe_key:
-            return pending
+def _new_email(draft: EmailDraft) -> EmailQueue:
+    to_email = normalized_address(draft.to_email)
+    _check_header("subject", draft.subject)
+    _check_header("recipient name", draft.to_name)
+    subject, to_name = draft.subject.strip(), draft.to_name.strip()
+    if not subject:
+        raise Invalid("subject must not be empty")
+    if len(subject) > 998:
+        raise Invalid("subject must be at most 998 characters")
+    if not draft.body_text.strip():
+        raise Invalid("the plain-text body must not be empty")
+    size = len(draft.body_text.encode()) + len((draft.body_html or "").encode())
+    if size > settings.email_max_body_bytes:
+        raise Invalid(f"body is {size} bytes; the limit is {settings.email_max_body_bytes}")
+    message_id = f"<{uuid.uuid4().hex}@{_message_id_domain()}>"
+    now = utcnow()
+    mime = compose_message(to_email, to_name, subject, draft.body_text, draft.body_html, message_id, now)
+    return EmailQueue(
+        org_id=draft.org_id,
+        to_email=to_email,
+        to_name=to_name,
+        subject=subject,
+        mime=mime,
+        message_id=message_id,
+        dedupe_key=draft.dedupe_key,
+        priority=draft.priority,
+        max_attempts=draft.max_attempts or settings.email_max_attempts,
+        created_at=now,
+        next_attempt_at=now,
+    )
+
+
+def _queued_with(session: Session, keys: list[str]) -> dict[str, EmailQueue]:
+    """The emails already queued under these dedupe keys, by key, flushed or not."""
+    found = {e.dedupe_key: e for e in session.new if isinstance(e, EmailQueue) and e.dedupe_key in set(keys)}
     with session.no_autoflush:
-        return session.scalar(select(EmailQueue).where(EmailQueue.dedupe_key == dedupe_key))
+        stored = session.scalars(select(EmailQueue).where(EmailQueue.dedupe_key.in_(keys)))
+        found.update({e.dedupe_key: e for e in stored})
+    return found  # type: ignore[return-value]
 
 
 class _Wakeups:

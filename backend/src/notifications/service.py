@@ -10,7 +10,7 @@ from datetime import UTC
 from typing import Any
 
 import redis
-from sqlalchemy import and_, exists, func, or_, select
+from sqlalchemy import and_, bindparam, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from src import outages
@@ -261,20 +261,14 @@ def publish_pending() -> int:
     published = 0
     while True:
         with SessionLocal() as session:
-            sequence = session.scalars(
-                select(NotificationSequence).where(NotificationSequence.id == 1).with_for_update()
-            ).one()
-            pending = list(
-                session.scalars(
-                    select(Notification)
-                    .where(Notification.seq.is_(None))
-                    .order_by(Notification.id)
-                    .limit(PUBLISH_BATCH)
+            base = session.scalar(_LAST_SEQ.with_for_update()) or 0
+            pending = sorted(session.scalars(_NUMBER_PENDING, {"base": base}), key=lambda n: n.seq or 0)
+            if pending:
+                session.execute(
+                    update(NotificationSequence)
+                    .where(NotificationSequence.id == 1)
+                    .values(last_seq=base + len(pending))
                 )
-            )
-            for notification in pending:
-                sequence.last_seq += 1
-                notification.seq = sequence.last_seq
             session.commit()
             messages = [
                 json.dumps(
@@ -286,6 +280,23 @@ def publish_pending() -> int:
         published += len(pending)
         if len(pending) < PUBLISH_BATCH:
             return published
+
+
+_NUMBERED = (
+    select(Notification.id, func.row_number().over(order_by=Notification.id).label("position"))
+    .where(Notification.seq.is_(None))
+    .order_by(Notification.id)
+    .limit(PUBLISH_BATCH)
+    .cte("numbered")
+)
+# One statement numbers a whole batch, in id order, after the last seq given out.
+_NUMBER_PENDING = (
+    update(Notification)
+    .where(Notification.id == _NUMBERED.c.id)
+    .values(seq=bindparam("base") + _NUMBERED.c.position)
+    .returning(Notification)
+    .execution_options(synchronize_session=False)
+)
 
 
 def publish_pending_quietly() -> None:

@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 from src.auth.models import User
 from src.config import settings
 from src.emails.rendering import render
-from src.emails.service import EmailService, normalized_address
+from src.emails.service import EmailDraft, EmailService, normalized_address
 from src.errors import Invalid, NotFound
 from src.notifications.service import NotificationService
 from src.orgs.models import Organization
@@ -180,6 +180,7 @@ def _queue_status_emails(
     """One email per recipient, in the status change's transaction; a replay queues nothing new."""
     org = session.get_one(Organization, task.org_id)
     task_url = f"{settings.public_base_url.rstrip('/')}/api/tasks/{task.id}"
+    drafts = []
     for recipient in recipients:
         try:
             to_email = normalized_address(recipient.email)
@@ -196,17 +197,18 @@ def _queue_status_emails(
             task_url=task_url,
             org_name=org.name,
         )
-        EmailService.queue_email(
-            session,
-            to_email=to_email,
-            to_name=one_line(recipient.name),
-            subject=one_line(f"[{org.name}] {task.title}: {old_status} → {new_status}", 300),
-            body_text=text,
-            body_html=html,
-            org_id=task.org_id,
-            dedupe_key=f"task-event:{event_id}:user:{recipient.id}",
-            flush=False,
+        drafts.append(
+            EmailDraft(
+                to_email=to_email,
+                to_name=one_line(recipient.name),
+                subject=one_line(f"[{org.name}] {task.title}: {old_status} → {new_status}", 300),
+                body_text=text,
+                body_html=html,
+                org_id=task.org_id,
+                dedupe_key=f"task-event:{event_id}:user:{recipient.id}",
+            )
         )
+    EmailService.queue_emails(session, drafts)
 
 
 def _notify_assignee(session: Session, task: Task, actor: User) -> None:
