@@ -6,7 +6,7 @@ N ?=
 DURATION ?= 300
 RATE ?= 30
 
-.PHONY: run test lint bench-email bench-live soak
+.PHONY: run test lint bench-email bench-live bench-api soak
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,9 @@ bench-email: $(VENV)/.dev
 
 bench-live: $(VENV)/.dev
 	cd backend && .venv/bin/python -m benchmarks.live_fanout $(if $(N),--n $(N)) $(if $(DB),--database $(DB))
+
+bench-api: $(VENV)/.dev
+	cd backend && .venv/bin/python -m benchmarks.status_changes $(if $(N),--n $(N)) $(if $(DB),--database $(DB))
 
 soak: $(VENV)/.dev
 	cd backend && .venv/bin/python -m benchmarks.soak --duration $(DURATION) --rate $(RATE)

@@ -24,11 +24,12 @@ class Settings(BaseSettings):
     public_base_url: str = "http://localhost:8000"
     metrics_token: str = ""  # Prometheus scrapes /metrics with it; empty keeps /metrics closed
 
-    # Chosen together: every API thread can hold a connection at once, plus the relay and a spare.
+    # Chosen together (see src/admission.py): API_THREADS requests are admitted at once and each
+    # holds at most one connection; streams' short lookups use at most API_THREADS more; the relay one.
     # 8 threads keep a core busy when the database answers in milliseconds; more only make them
     # fight over the GIL, and the event loop (streams, /healthz) waits behind all of them.
     api_threads: int = 8  # requests one API process serves at once (more wait their turn in memory)
-    db_pool_size: int = 10  # connections per process; at least API_THREADS + 2
+    db_pool_size: int = 18  # connections per process; at least 2 x API_THREADS + 2
     db_pool_timeout: float = 1.5  # a request that cannot get a connection this soon answers 503
     db_connect_timeout: int = 2  # seconds (libpq's minimum is 2)
 

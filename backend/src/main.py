@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 import anyio.to_thread
 from fastapi import APIRouter, FastAPI
 
+from src.admission import AdmissionLimit
 from src.auth.api import router as auth_router
 from src.config import settings
 from src.emails.api import router as emails_router
@@ -59,6 +60,7 @@ app = FastAPI(
     lifespan=lifespan,
 )
 install_error_handlers(app)
+app.add_middleware(AdmissionLimit, limit=settings.api_threads)
 
 api = APIRouter(prefix="/api")
 for router in (

@@ -39,11 +39,14 @@ class Outage:
         """True while the breaker is open: skip what only helps and would wait for a refusal."""
         return time.monotonic() < self._open_until
 
-    def failed(self, exc: BaseException) -> bool:
-        """Count one failure; True if it is time to say so (this record may be logged)."""
+    def failed(self, exc: BaseException, trip_breaker: bool = True) -> bool:
+        """Count one failure; True if it is time to say so (this record may be logged).
+        `trip_breaker=False` for failures of a long-lived connection that is being re-established,
+        which say little about whether the next publish would go through."""
         now = time.monotonic()
         with self._lock:
-            self._open_until = now + self.breaker_seconds
+            if trip_breaker:
+                self._open_until = now + self.breaker_seconds
             new_outage = not self._down or now - self._last_failure > QUIET_FOR_RECOVERY
             self._last_failure = now
             if new_outage:

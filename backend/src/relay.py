@@ -4,7 +4,8 @@ A request answers as soon as its transaction commits. Telling the broker and the
 it (publishing wake-ups, numbering and publishing notifications) happens here, so a request never
 holds its connection while taking a second one, never waits on the notification sequence's lock,
 and never waits on Redis. The same callable submitted many times before the thread gets to it runs
-once: one `publish_pending` numbers and publishes the notifications of many commits together.
+once, after all of them: one `publish_pending` numbers and publishes the notifications of many
+commits together, and one wake-up message announces their emails.
 
 Everything handed over is a hint backed by the database: if the process dies first, the beat jobs
 (queue processor, notification publisher) do it instead.
@@ -58,7 +59,8 @@ class Relay:
             batch = [self._queue.get()]
             while not self._queue.empty():
                 batch.append(self._queue.get_nowait())
-            for callback in dict.fromkeys(batch):
+            # Each distinct callback once, at its last place: after every commit that asked for it.
+            for callback in list(dict.fromkeys(reversed(batch)))[::-1]:
                 try:
                     callback()
                 except Exception:  # the data is committed; a hint that fails is only logged

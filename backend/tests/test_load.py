@@ -63,12 +63,12 @@ def count(query):
         return session.scalar(select(func.count()).select_from(query.subquery()))
 
 
-@pytest.mark.parametrize(("changes", "max_seconds"), [(60, 2.0), (200, None)])
+@pytest.mark.parametrize("changes", [60, 200])
 def test_concurrent_status_changes_all_answer_and_deliver_once(
-    client, make_user, make_org, api_servers, worker, sink, database_url, changes, max_seconds
+    client, make_user, make_org, api_servers, worker, sink, changes
 ):
-    if max_seconds is not None and not database_url.startswith("postgresql"):
-        pytest.skip("the 2 s bound is for PostgreSQL; SQLite runs one writer at a time")
+    """How fast is `make bench-api`'s question; this one is whether every request is served and
+    none waits out a pool or lock timeout (30 s), as a burst of 30 used to."""
     owner, assignee, *watchers = (make_user(name) for name in ("olga", "ann", "wes", "wyn"))
     org_id = make_org(owner, assignee, *watchers)
     task_ids = create_tasks(client, org_id, owner, assignee, watchers, changes)
@@ -82,8 +82,7 @@ def test_concurrent_status_changes_all_answer_and_deliver_once(
     codes = [code for code, _seconds in results]
     assert codes == [200] * changes, {code: codes.count(code) for code in set(codes)}
     slowest = max(seconds for _code, seconds in results)
-    if max_seconds is not None:
-        assert slowest < max_seconds, f"slowest of {changes} answered in {slowest:.2f}s"
+    assert slowest < changes * 0.1, f"slowest of {changes} answered in {slowest:.2f}s"
 
     expected = changes * 3  # assignee and two watchers; never the owner who made the change
     assert wait_until(lambda: len(sink.messages) >= expected, 60), f"{len(sink.messages)} of {expected}"

@@ -7,7 +7,7 @@ import httpx
 import pytest
 import redis
 
-from src.devserver.processes import ApiServer, CeleryWorker
+from src.devserver.processes import ApiServer, CeleryBeat, CeleryWorker
 from src.devserver.redis_server import PrivateRedis, free_port, redis_server_binary
 from tests.conftest import RUN_DIR, require_service
 from tests.live import SseClient
@@ -63,6 +63,9 @@ def test_emails_and_notifications_flow_through_sentinel_and_survive_a_failover(
     }  # fmt: skip
     api = ApiServer(env, RUN_DIR / "api-sentinel.log", free_port()).start()
     worker = CeleryWorker(env, RUN_DIR / "worker-sentinel.log").start()
+    # As in production: a wake-up published while the sentinel is still failing over can be lost,
+    # and the queue processor (every EMAIL_QUEUE_INTERVAL, 1 s here) sends that email anyway.
+    beat = CeleryBeat(env, RUN_DIR / "beat-sentinel.log", RUN_DIR / "beat-sentinel-schedule").start()
     try:
         http = httpx.Client(base_url=api.url, timeout=10)
         token = http.post("/api/notifications/stream-token", headers=bob.headers).json()["token"]
@@ -90,5 +93,6 @@ def test_emails_and_notifications_flow_through_sentinel_and_survive_a_failover(
         assert len(sink.wait_for(2, timeout=30)) == 2
         stream.close()
     finally:
+        beat.stop()
         worker.stop()
         api.stop()

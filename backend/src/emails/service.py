@@ -11,6 +11,7 @@ from typing import Any
 
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from src import outages
@@ -61,39 +62,44 @@ class EmailService:
 
     @staticmethod
     def queue_email(session: Session, *, wake_worker: bool = True, **draft: Any) -> EmailQueue:
-        """Validate and add one email to the outbox in `session`'s transaction, and flush it, so the
-        row has its id. Takes the fields of `EmailDraft` as keywords.
+        """Validate and store one email in the outbox, in `session`'s transaction. Takes the fields
+        of `EmailDraft` as keywords.
 
         Raises `Invalid` (and adds nothing) for a bad address, a header with CR/LF, an empty subject or
         an oversized body. A `dedupe_key` already queued returns the existing row instead.
         `wake_worker=False` leaves the email to the queue processor (bulk loads, backfills).
         """
         [email] = EmailService.queue_emails(session, [EmailDraft(**draft)], wake_worker=wake_worker)
-        session.flush()
         return email
 
     @staticmethod
     def queue_emails(
         session: Session, drafts: list[EmailDraft], wake_worker: bool = True
     ) -> list[EmailQueue]:
-        """`queue_email()` for many, as the emails of one change: one query for their dedupe keys,
-        and one INSERT at the transaction's next flush (the rows have their ids from then on). Nothing
-        is added unless every draft is valid."""
-        emails = [_new_email(draft) for draft in drafts]
-        keys = [e.dedupe_key for e in emails if e.dedupe_key is not None]
-        existing = _queued_with(session, keys) if keys else {}
-        queued: list[EmailQueue] = []
-        for email in emails:
-            if email.dedupe_key in existing:
-                queued.append(existing[email.dedupe_key])
-                continue
-            session.add(email)
-            queued.append(email)
-            if email.dedupe_key is not None:
-                existing[email.dedupe_key] = email
-            if wake_worker:
-                _Wakeups.for_session(session).emails.append(email)
-        return queued
+        """`queue_email()` for many, as the emails of one change, in one INSERT that skips the dedupe
+        keys already queued (and returns those rows instead). Nothing is stored unless every draft
+        is valid."""
+        rows = [_new_row(draft) for draft in drafts]
+        if not rows:
+            return []
+        dialect_insert = (
+            postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+        )
+        statement = (
+            dialect_insert(EmailQueue)
+            .on_conflict_do_nothing(index_elements=[EmailQueue.dedupe_key])
+            .returning(EmailQueue, sort_by_parameter_order=True)
+        )
+        stored = {email.message_id: email for email in session.scalars(statement, rows)}
+        if wake_worker and stored:
+            _wake_workers_after_commit(session, [e.id for e in stored.values()])
+        queued = [stored.get(row["message_id"]) for row in rows]
+        duplicates = [row["dedupe_key"] for row, email in zip(rows, queued, strict=True) if email is None]
+        if duplicates:
+            existing = session.scalars(select(EmailQueue).where(EmailQueue.dedupe_key.in_(duplicates)))
+            by_key = {email.dedupe_key: email for email in existing}
+            queued = [email or by_key[row["dedupe_key"]] for row, email in zip(rows, queued, strict=True)]
+        return queued  # type: ignore[return-value]
 
     # --- repair: what an operator does from the CLI or an org admin from the API ----------------
 
@@ -120,7 +126,7 @@ class EmailService:
                 .execution_options(synchronize_session=False)
             )
         )
-        _Wakeups.for_session(session).email_ids.extend(changed)
+        _wake_workers_after_commit(session, changed)
         session.commit()
         return changed
 
@@ -164,7 +170,7 @@ class EmailService:
         return list(session.scalars(query.order_by(EmailQueue.id.desc()).limit(limit).offset(offset)))
 
 
-def _new_email(draft: EmailDraft) -> EmailQueue:
+def _new_row(draft: EmailDraft) -> dict[str, Any]:
     to_email = normalized_address(draft.to_email)
     _check_header("subject", draft.subject)
     _check_header("recipient name", draft.to_name)
@@ -181,59 +187,46 @@ def _new_email(draft: EmailDraft) -> EmailQueue:
     message_id = f"<{uuid.uuid4().hex}@{_message_id_domain()}>"
     now = utcnow()
     mime = compose_message(to_email, to_name, subject, draft.body_text, draft.body_html, message_id, now)
-    return EmailQueue(
-        org_id=draft.org_id,
-        to_email=to_email,
-        to_name=to_name,
-        subject=subject,
-        mime=mime,
-        message_id=message_id,
-        dedupe_key=draft.dedupe_key,
-        priority=draft.priority,
-        max_attempts=draft.max_attempts or settings.email_max_attempts,
-        created_at=now,
-        next_attempt_at=now,
-    )
+    return {
+        "org_id": draft.org_id,
+        "to_email": to_email,
+        "to_name": to_name,
+        "subject": subject,
+        "mime": mime,
+        "message_id": message_id,
+        "dedupe_key": draft.dedupe_key,
+        "priority": draft.priority,
+        "max_attempts": draft.max_attempts or settings.email_max_attempts,
+        "created_at": now,
+        "next_attempt_at": now,
+    }
 
 
-def _queued_with(session: Session, keys: list[str]) -> dict[str, EmailQueue]:
-    """The emails already queued under these dedupe keys, by key, flushed or not."""
-    found = {e.dedupe_key: e for e in session.new if isinstance(e, EmailQueue) and e.dedupe_key in set(keys)}
-    with session.no_autoflush:
-        stored = session.scalars(select(EmailQueue).where(EmailQueue.dedupe_key.in_(keys)))
-        found.update({e.dedupe_key: e for e in stored})
-    return found  # type: ignore[return-value]
+def _wake_workers_after_commit(session: Session, email_ids: list[int]) -> None:
+    """Once the transaction commits, these emails are owed a `send_email_async` message."""
+    after_commit(session, lambda: _owed.extend(email_ids))
+    after_commit(session, _wake_workers)
 
 
-class _Wakeups:
-    """The `send_email_async` messages a transaction owes once it commits: one per batch of its
-    emails, which the worker claims together and sends over one connection."""
+_owed: list[int] = []  # committed emails no message has announced yet; only the relay thread uses it
 
-    def __init__(self) -> None:
-        self.emails: list[EmailQueue] = []
-        self.email_ids: list[int] = []
 
-    @classmethod
-    def for_session(cls, session: Session) -> "_Wakeups":
-        for callback in session.info.get("after_commit", []):
-            if isinstance(callback, cls):
-                return callback
-        wakeups = cls()
-        after_commit(session, wakeups)
-        return wakeups
+def _wake_workers() -> None:
+    """One message per batch of owed emails, which a worker claims together and sends over one
+    connection. The relay runs this once after all the commits it is handling, so a burst of
+    changes costs a few messages, not one each."""
+    from src.emails.tasks.email_tasks import send_email_async
 
-    def __call__(self) -> None:
-        from src.emails.tasks.email_tasks import send_email_async
-
-        ids = [*self.email_ids, *(email.id for email in self.emails)]  # committed, so they have ids
-        if not ids or outages.broker.down:  # known down: do not wait for another refusal
-            return
-        try:
-            for start in range(0, len(ids), settings.email_batch_size):  # one claim's worth each
-                batch = ids[start : start + settings.email_batch_size]
-                send_email_async.delay(batch[0], batch[1:])
-        except Exception as exc:  # the broker is optional for correctness: the processor sends them
-            if outages.broker.failed(exc):
-                log.warning("%d email(s) not published; the queue processor will send them", len(ids))
-            return
-        outages.broker.ok()
+    ids = _owed[:]
+    _owed.clear()
+    if not ids or outages.broker.down:  # known down: do not wait for another refusal
+        return
+    try:
+        for start in range(0, len(ids), settings.email_batch_size):
+            batch = ids[start : start + settings.email_batch_size]
+            send_email_async.delay(batch[0], batch[1:])
+    except Exception as exc:  # the broker is optional for correctness: the processor sends them
+        if outages.broker.failed(exc):
+            log.warning("%d email(s) not published; the queue processor will send them", len(ids))
+        return
+    outages.broker.ok()

@@ -20,6 +20,7 @@ from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 
+from src import outages
 from src.config import settings
 from src.db import SessionLocal
 from src.notifications.service import CHANNEL, NotificationService, last_seq
@@ -112,19 +113,24 @@ class LiveHub:
                 await pubsub.subscribe(CHANNEL)
                 await self._catch_up()  # after subscribing: nothing can fall between the two
                 self.connected.set()
+                outages.broker.ok()
                 delay = 0.1
                 await self._listen(pubsub)
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # Redis gone, or a bad message: resubscribe and catch up from the DB
-                log.warning("live hub lost its Redis subscription (%s); retrying in %.1fs", exc, delay)
+            except Exception as exc:  # Redis or the database gone, or a bad message: start over
+                outage = outages.outage_of(exc)
+                if outage is not None:
+                    outage.failed(exc, trip_breaker=False)  # said once per outage, not per retry
+                else:
+                    log.warning("live hub stopped (%r); resubscribing in %.1fs", exc, delay)
             finally:
                 self.connected.clear()
                 await pubsub.aclose()
                 await client.aclose()
             if not self._stopping:
                 await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+            delay = min(delay * 2, 2.0)  # short: notifications wait for it
 
     async def _listen(self, pubsub: Any) -> None:
         """Handle messages; when it is quiet, ping, and give up on a connection that stays silent

@@ -12,7 +12,7 @@ from src.emails.rendering import render
 from src.emails.service import EmailDraft, EmailService, normalized_address
 from src.errors import Invalid, NotFound
 from src.notifications.service import NotificationService
-from src.orgs.models import Organization
+from src.orgs.models import Membership, Organization
 from src.orgs.service import member_ids, require_member
 from src.tasks.models import Task, TaskEvent, TaskStatus
 from src.tasks.schemas import TaskPatch
@@ -39,14 +39,15 @@ def _record(session: Session, task: Task, actor: User, kind: str, old: object, n
     return event
 
 
-def audience(session: Session, task: Task, actor: User) -> list[int]:
+def audience(session: Session, task: Task, actor: User) -> list[User]:
     """Who hears about a change: assignee, reporter and watchers who are still members of the
     organization, never the person who made it."""
     ids = {task.reporter_id, *(w.id for w in task.watchers)}
     if task.assignee_id is not None:
         ids.add(task.assignee_id)
     ids.discard(actor.id)
-    return sorted(ids & member_ids(session, task.org_id))
+    members = select(Membership.user_id).where(Membership.org_id == task.org_id)
+    return list(session.scalars(select(User).where(User.id.in_(ids), User.id.in_(members)).order_by(User.id)))
 
 
 def create_task(
@@ -86,13 +87,13 @@ def get_task(session: Session, task_id: int, user: User, for_update: bool = Fals
     `for_update` locks the row until commit, so two concurrent changes cannot both start from the
     same old status (and both notify about it).
     """
-    task = session.get(Task, task_id, with_for_update=for_update, populate_existing=for_update)
+    callers_orgs = select(Membership.org_id).where(Membership.user_id == user.id)
+    query = select(Task).where(Task.id == task_id, Task.org_id.in_(callers_orgs))
+    if for_update:
+        query = query.with_for_update(of=Task).execution_options(populate_existing=True)
+    task = session.scalar(query)
     if task is None:
         raise NotFound("task not found")
-    try:
-        require_member(session, task.org_id, user)
-    except NotFound:
-        raise NotFound("task not found") from None
     return task
 
 
@@ -150,8 +151,8 @@ def change_status(session: Session, task: Task, actor: User, new_status: TaskSta
     event = _record(session, task, actor, "status_changed", old_status.value, new_status.value)
     task.status = new_status
     session.flush()
-    recipient_ids = audience(session, task, actor)
-    recipients = list(session.scalars(select(User).where(User.id.in_(recipient_ids)).order_by(User.id)))
+    recipients = audience(session, task, actor)
+    recipient_ids = [user.id for user in recipients]
     _queue_status_emails(session, task, actor, recipients, old_status.value, new_status.value, event.id)
     NotificationService.notify(
         session,
