@@ -204,6 +204,17 @@ def sink(smtp_sink):
 
 
 @pytest.fixture
+def delivery_to_sink(sink, monkeypatch):
+    """In-process delivery (`src.emails.delivery`) mails the sink."""
+    from src.config import settings
+
+    monkeypatch.setattr(settings, "smtp_host", "127.0.0.1")
+    monkeypatch.setattr(settings, "smtp_port", sink.port)
+    monkeypatch.setattr(settings, "smtp_use_tls", False)
+    return sink
+
+
+@pytest.fixture
 def redis_server() -> PrivateRedis:
     require_service("redis")
     assert _redis is not None

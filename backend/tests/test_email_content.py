@@ -128,15 +128,12 @@ def test_long_names_and_international_domains_do_not_break_a_status_change(clien
 
 
 @pytest.fixture
-def to_sink(db, sink, monkeypatch):
-    monkeypatch.setattr(delivery.settings, "smtp_host", "127.0.0.1")
-    monkeypatch.setattr(delivery.settings, "smtp_port", sink.port)
-    monkeypatch.setattr(delivery.settings, "smtp_use_tls", False)
+def to_sink(db, delivery_to_sink):
     with SessionLocal() as session:
         for n in range(3):
             EmailService.queue_email(session, **{**GOOD, "subject": f"Hello {n}"}, wake_worker=False)
         session.commit()
-    return sink
+    return delivery_to_sink
 
 
 def statuses() -> list[tuple[EmailStatus, int]]:

@@ -60,10 +60,8 @@ def user(on_cluster, password_hash):
     return {"Authorization": f"Bearer {create_token(user.id, 'access', timedelta(hours=1))}"}
 
 
-def test_database_restart_mid_batch_sends_each_email_once(on_cluster, sink, monkeypatch):
-    monkeypatch.setattr(delivery.settings, "smtp_host", "127.0.0.1")
-    monkeypatch.setattr(delivery.settings, "smtp_port", sink.port)
-    monkeypatch.setattr(delivery.settings, "smtp_use_tls", False)
+def test_database_restart_mid_batch_sends_each_email_once(on_cluster, delivery_to_sink):
+    sink = delivery_to_sink
     with SessionLocal() as session:
         for n in range(30):
             EmailService.queue_email(
