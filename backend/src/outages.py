@@ -116,15 +116,19 @@ def _reason(exc: BaseException) -> str:
 
 
 class FoldOutageTracebacks(logging.Filter):
-    """Drops records whose exception says PostgreSQL or Redis is unreachable, once their outage has
-    been said; they are counted in the outage's next line instead."""
+    """Records whose exception says PostgreSQL or Redis is unreachable: the first of an outage keeps
+    its message without the traceback (the outage's own line says why), the others are only counted
+    in the outage's next line."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
         outage = outage_of(exc)
         if outage is None or exc is None:
             return True
-        return outage.failed(exc)
+        if not outage.failed(exc):
+            return False
+        record.exc_info, record.exc_text = None, None
+        return True
 
 
 def fold_outage_tracebacks(*loggers: logging.Logger) -> None:

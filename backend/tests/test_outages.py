@@ -153,3 +153,39 @@ def timed(call, *args, **kwargs):
     started = time.monotonic()
     response = call(*args, **kwargs)
     return response, time.monotonic() - started
+
+
+def test_task_tracebacks_of_one_outage_are_folded_into_one_line(caplog):
+    import logging
+
+    import redis
+    from sqlalchemy.exc import IntegrityError
+
+    from src import outages
+
+    handler = logging.Handler()
+    passed: list[logging.LogRecord] = []
+    handler.emit = passed.append  # type: ignore[method-assign]
+    logger = logging.getLogger("test.celery.task")
+    logger.addHandler(handler)
+    outages.fold_outage_tracebacks(logger)
+    broker = outages.Outage("Redis")
+    try:
+        with pytest.MonkeyPatch.context() as patch, caplog.at_level(logging.ERROR, "herald.outages"):
+            patch.setattr(outages, "broker", broker)
+            for _ in range(50):
+                try:
+                    raise redis.ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+                except redis.ConnectionError:
+                    logger.exception("Task src.emails.tasks.email_tasks.send_email_async raised")
+            try:
+                raise IntegrityError("INSERT", {}, Exception("duplicate key"))
+            except IntegrityError:
+                logger.exception("a real bug")
+    finally:
+        logger.removeHandler(handler)
+    task_lines = [r for r in passed if "send_email_async" in r.getMessage()]
+    assert len(task_lines) == 1 and task_lines[0].exc_info is None  # said once, without the traceback
+    assert [r.getMessage() for r in passed if r.exc_info] == ["a real bug"]  # other errors untouched
+    said = [r.getMessage() for r in caplog.records if r.name == "herald.outages"]
+    assert said[0].startswith("Redis is unavailable: ConnectionError: Error 111")
