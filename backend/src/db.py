@@ -62,9 +62,10 @@ def _sqlite_begin_immediate(connection: Connection) -> None:
 def configure_engine(url: str) -> Engine:
     """(Re)bind the session factory to `url`; the previous engine, if any, is disposed.
 
-    The pool holds a connection for every API thread plus the relay and a spare (DB_POOL_SIZE >=
-    API_THREADS + 2), and a request uses exactly one: no request ever waits for the pool. If one
-    still has to (misconfiguration), it gives up after DB_POOL_TIMEOUT and answers 503.
+    The pool has room for every admitted request, the streams' lookups and the relay (DB_POOL_SIZE
+    >= 2 x API_THREADS + 2; see src.admission), and a request uses at most one connection: no request
+    waits for the pool. If one still has to (misconfiguration), it gives up after DB_POOL_TIMEOUT and
+    answers 503.
     """
     global engine
     if engine is not None:
@@ -82,10 +83,15 @@ def configure_engine(url: str) -> Engine:
     return engine
 
 
-def insert_ignoring_duplicates(session: Session, table: Table, rows: list[dict[str, Any]]) -> int:
-    """INSERT ... ON CONFLICT DO NOTHING: concurrent identical requests both succeed, once."""
+def insert_or_ignore(session: Session, target: Any) -> Any:
+    """INSERT ... ON CONFLICT DO NOTHING in the session's dialect: concurrent identical writes both
+    succeed, once."""
     dialect_insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-    statement = dialect_insert(table).values(rows).on_conflict_do_nothing()
+    return dialect_insert(target).on_conflict_do_nothing()
+
+
+def insert_ignoring_duplicates(session: Session, table: Table, rows: list[dict[str, Any]]) -> int:
+    statement = insert_or_ignore(session, table).values(rows)
     key = next(iter(table.primary_key.columns))
     return len(session.execute(statement.returning(key)).all())  # rows really inserted
 
@@ -107,7 +113,9 @@ def after_commit(session: Session, callback: Callable[[], object]) -> None:
 
 @event.listens_for(Session, "after_commit")
 def _run_after_commit(session: Session) -> None:
-    relay.submit(session.info.pop("after_commit", []))
+    callbacks = session.info.pop("after_commit", None)
+    if callbacks:
+        relay.submit(callbacks)
 
 
 @event.listens_for(Session, "after_rollback")

@@ -80,7 +80,7 @@ database = Outage("the database")
 broker = Outage("Redis", breaker_seconds=2.0)
 pool = Outage("a pooled database connection")
 
-_DATABASE_ERRORS = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.DisconnectionError)
+DATABASE_ERRORS = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.DisconnectionError)
 _REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, KombuOperationalError)
 
 
@@ -88,7 +88,7 @@ def outage_of(exc: BaseException | None) -> Outage | None:
     """Which dependency an error says is unreachable, looking through wrapped causes."""
     seen = 0
     while exc is not None and seen < 5:
-        if isinstance(exc, _DATABASE_ERRORS) or type(exc).__module__.startswith("psycopg"):
+        if isinstance(exc, DATABASE_ERRORS) or type(exc).__module__.startswith("psycopg"):
             return database if _is_connection_error(exc) else None
         if isinstance(exc, _REDIS_ERRORS):
             return broker

@@ -15,7 +15,6 @@ from typing import Any
 
 from sqlalchemy import Connection as DbConnection
 from sqlalchemy import Engine, bindparam, exists, func, select
-from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
 
 from src import outages
@@ -71,7 +70,6 @@ _MARK_AND_LOG = (
     .select_from(_MARK.returning(_queue.c.id).cte("marked"))
     .add_cte(_LOG_ATTEMPT.cte("logged"))
 )
-_UNREACHABLE_DATABASE = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.DisconnectionError)
 
 
 class OutcomeRecorder:
@@ -92,7 +90,7 @@ class OutcomeRecorder:
             try:
                 recorded = self._write(params)
                 break
-            except _UNREACHABLE_DATABASE as exc:
+            except outages.DATABASE_ERRORS as exc:
                 self.close()
                 outages.database.failed(exc)
                 if time.monotonic() + delay > give_up_at:
@@ -120,7 +118,7 @@ class OutcomeRecorder:
 
     def close(self) -> None:
         if self.connection is not None:
-            with contextlib.suppress(_UNREACHABLE_DATABASE):
+            with contextlib.suppress(outages.DATABASE_ERRORS):
                 self.connection.close()
             self.connection = None
 

@@ -7,16 +7,16 @@ Nothing here trusts Redis with state. A Celery message only says "look at the ou
 import logging
 import uuid
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from src import outages
 from src.config import settings
-from src.db import after_commit, utcnow
+from src.db import after_commit, insert_or_ignore, utcnow
 from src.emails.mime import compose_message
 from src.emails.models import EmailQueue, EmailStatus
 from src.errors import Invalid
@@ -29,6 +29,7 @@ def _check_header(name: str, value: str) -> None:
         raise Invalid(f"{name} must not contain CR or LF characters")
 
 
+@lru_cache(maxsize=4096)  # the same people are mailed again and again; validating costs
 def normalized_address(address: str) -> str:
     """The address as SMTP can carry it without SMTPUTF8: a non-ASCII domain becomes punycode."""
     try:
@@ -82,14 +83,7 @@ class EmailService:
         rows = [_new_row(draft) for draft in drafts]
         if not rows:
             return []
-        dialect_insert = (
-            postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-        )
-        statement = (
-            dialect_insert(EmailQueue)
-            .on_conflict_do_nothing(index_elements=[EmailQueue.dedupe_key])
-            .returning(EmailQueue, sort_by_parameter_order=True)
-        )
+        statement = insert_or_ignore(session, EmailQueue).returning(EmailQueue, sort_by_parameter_order=True)
         stored = {email.message_id: email for email in session.scalars(statement, rows)}
         if wake_worker and stored:
             _wake_workers_after_commit(session, [e.id for e in stored.values()])

@@ -12,7 +12,7 @@ from src.emails import delivery
 
 @app.task
 def send_email_async(email_id: int, also: list[int] | None = None) -> int:
-    """Send this email (and those in `also`, queued in the same transaction) first, then other due
+    """Send this email and those in `also` (committed since the last wake-up) first, then other due
     ones in the same batch, over the same SMTP connection."""
     return delivery.deliver([email_id, *(also or ())], fill=True).sent
 
