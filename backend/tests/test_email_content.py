@@ -166,3 +166,32 @@ def test_a_batch_stops_where_its_claim_was_lost(to_sink, monkeypatch):
         assert delivery.send_claimed(session, batch).sent == 0
     assert statuses() == [(EmailStatus.pending, 0), (EmailStatus.sending, 1), (EmailStatus.sending, 1)]
     assert to_sink.messages == []
+
+
+def test_a_script_importing_only_the_email_service_can_queue(tmp_path):
+    """The setup guide's `EmailService.queue_email()`, from a script that imports nothing else."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from src.devserver.databases import migrate
+
+    url = f"sqlite:///{tmp_path / 'script.db'}"
+    migrate(url)
+    script = (
+        "from src.db import SessionLocal\n"
+        "from src.emails.service import EmailService\n"
+        "with SessionLocal() as session:\n"
+        "    EmailService.queue_email(session, to_email='a@example.com', subject='Hi', body_text='b',\n"
+        "                             wake_worker=False)\n"
+        "    session.commit()\n"
+    )
+    backend = Path(__file__).resolve().parents[1]
+    subprocess.run(
+        [sys.executable, "-c", script], cwd=backend, env={**os.environ, "DATABASE_URL": url}, check=True
+    )
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "script.db") as conn:
+        assert conn.execute("SELECT status FROM email_queue").fetchall() == [("pending",)]

@@ -5,6 +5,7 @@ from sqlalchemy import Enum, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from src.db import Base, UTCDateTime, utcnow
+from src.orgs.models import Organization
 
 
 class EmailStatus(enum.StrEnum):
@@ -26,7 +27,7 @@ class EmailQueue(Base):
     __table_args__ = (Index("ix_email_queue_due", "status", "next_attempt_at"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    org_id: Mapped[int | None] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), index=True)
+    org_id: Mapped[int | None] = mapped_column(ForeignKey(Organization.id, ondelete="CASCADE"), index=True)
     to_email: Mapped[str] = mapped_column(String(320))
     to_name: Mapped[str] = mapped_column(String(200), default="")
     subject: Mapped[str] = mapped_column(String(998))
