@@ -97,8 +97,19 @@ def insert_ignoring_duplicates(session: Session, table: Table, rows: list[dict[s
 
 
 def get_session() -> Iterator[Session]:
-    with SessionLocal() as session:
+    """A request's session. If the database dropped the connection under the request (a restart), the
+    closing ROLLBACK fails, but there is nothing left to undo and the pool has already discarded the
+    connection: that failure is not the request's, so it is not raised after the response."""
+    session = SessionLocal()
+    try:
         yield session
+    finally:
+        try:
+            session.close()
+        except outages.DATABASE_ERRORS as exc:
+            if outages.outage_of(exc) is not outages.database:
+                raise
+            session.close()  # the dead connection is already invalidated; this only resets the session
 
 
 def after_commit(session: Session, callback: Callable[[], object]) -> None:

@@ -9,7 +9,7 @@ from datetime import timedelta
 import httpx
 import psycopg
 import pytest
-from sqlalchemy import make_url, select
+from sqlalchemy import make_url, select, text
 
 from src import db as herald_db
 from src.auth.models import User
@@ -113,6 +113,22 @@ def test_requests_answer_503_at_once_while_the_database_is_down(on_cluster, user
     assert text.count("the database is unavailable") == 1, "an outage is said once, not per request"
     assert "Traceback" not in text
     assert "the database is available again" in text
+
+
+def test_a_request_whose_connection_died_closes_its_session_quietly(on_cluster):
+    """The restart race the 503 test can hit: the connection dies while a request holds it, and the
+    session's closing ROLLBACK fails after the response. It must not surface as an ASGI error."""
+    sessions = herald_db.get_session()
+    session = next(sessions)
+    pid = session.execute(text("SELECT pg_backend_pid()")).scalar_one()
+    libpq = make_url(on_cluster.url).set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(libpq, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", [pid])
+    with pytest.raises(StopIteration):
+        next(sessions)  # closing raised nothing
+    assert herald_db.engine is not None and herald_db.engine.pool.checkedout() == 0
+    with SessionLocal() as fresh:
+        assert fresh.execute(text("SELECT 1")).scalar_one() == 1
 
 
 def test_an_exhausted_pool_answers_503_instead_of_waiting(
