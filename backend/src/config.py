@@ -1,13 +1,18 @@
 """The one settings object: `backend/.env` first, the process environment over it."""
 
+import re
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 BACKEND_DIR = Path(__file__).resolve().parent.parent
 DEFAULT_SECRET_KEY = "dev-only-insecure-secret-key-change-me-in-production"
+# Keys anyone who has read the repository knows: the built-in default, what `.env.example` ships
+# (read from it, so a new placeholder is covered too) and the placeholder it used to ship.
+_PUBLISHED_SECRET_KEYS = {DEFAULT_SECRET_KEY, "change-me-to-a-long-random-value"}
 
 
 class Settings(BaseSettings):
@@ -22,6 +27,12 @@ class Settings(BaseSettings):
     secret_key: str = DEFAULT_SECRET_KEY
     access_token_expire_minutes: int = 60
     public_base_url: str = "http://localhost:8000"
+    # "required": an account must confirm its address before it can log in or be mailed about tasks.
+    # "optional": both work at once. Empty: required in production, optional elsewhere.
+    email_verification: Literal["", "required", "optional"] = ""
+    verification_token_hours: int = 48
+    password_reset_token_minutes: int = 60
+    invitation_days: int = 7
     metrics_token: str = ""  # Prometheus scrapes /metrics with it; empty keeps /metrics closed
 
     # Chosen together (see src/admission.py): API_THREADS requests are admitted at once and each
@@ -60,17 +71,32 @@ class Settings(BaseSettings):
     email_processor_concurrency: int = 2
     email_max_body_bytes: int = 1_000_000
 
+    @property
+    def is_production(self) -> bool:
+        return self.environment.strip().lower() == "production"
+
+    @property
+    def verification_required(self) -> bool:
+        return self.email_verification == "required" or (self.email_verification == "" and self.is_production)
+
     @model_validator(mode="after")
     def _refuse_insecure_production(self) -> "Settings":
-        if self.environment == "production" and (
-            self.secret_key == DEFAULT_SECRET_KEY or len(self.secret_key) < 32
+        if self.is_production and (
+            len(self.secret_key) < 32 or self.secret_key in _PUBLISHED_SECRET_KEYS | shipped_secret_keys()
         ):
             raise ValueError(
-                "SECRET_KEY must be set to a random value of at least 32 characters "
-                "when ENVIRONMENT=production; generate one with: "
+                "SECRET_KEY must be a random value of at least 32 characters, and not one published in "
+                "Herald's repository, when ENVIRONMENT=production; generate one with: "
                 "python -c 'import secrets; print(secrets.token_urlsafe(48))'"
             )
         return self
+
+
+def shipped_secret_keys() -> set[str]:
+    """The SECRET_KEY values written in the files the repository ships as examples."""
+    example = BACKEND_DIR / ".env.example"
+    text = example.read_text(encoding="utf-8") if example.exists() else ""
+    return {value.strip().strip("\"'") for value in re.findall(r"(?m)^\s*SECRET_KEY\s*=(.*)$", text)}
 
 
 @lru_cache

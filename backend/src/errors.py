@@ -30,6 +30,10 @@ class Conflict(HeraldError):
     status_code = 409
 
 
+class Gone(HeraldError):
+    status_code = 410
+
+
 class Invalid(HeraldError):
     status_code = 422
 

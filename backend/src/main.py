@@ -13,6 +13,7 @@ from src.auth.api import router as auth_router
 from src.config import settings
 from src.emails.api import router as emails_router
 from src.errors import install_error_handlers
+from src.invitations.api import router as invitations_router
 from src.notifications.api import router as notifications_router
 from src.notifications.api import ws_router as notifications_ws_router
 from src.notifications.live import LiveHub
@@ -66,6 +67,7 @@ api = APIRouter(prefix="/api")
 for router in (
     auth_router,
     orgs_router,
+    invitations_router,
     tasks_router,
     emails_router,
     notifications_router,

@@ -4,6 +4,7 @@ from src.auth.models import User
 from src.db import Base
 from src.emails.models import EmailAttempt, EmailQueue
 from src.idempotency.models import IdempotencyKey
+from src.invitations.models import Invitation
 from src.notifications.models import Notification, NotificationRead, NotificationSequence
 from src.orgs.models import Membership, Organization
 from src.tasks.models import Task, TaskEvent, task_watchers
@@ -13,6 +14,7 @@ __all__ = [
     "EmailAttempt",
     "EmailQueue",
     "IdempotencyKey",
+    "Invitation",
     "Membership",
     "Notification",
     "NotificationRead",

@@ -153,11 +153,12 @@ def make_user(db: str, password_hash: str):
 
     from src.auth.models import User
     from src.auth.security import create_token
-    from src.db import SessionLocal
+    from src.db import SessionLocal, utcnow
 
-    def make(name: str) -> Caller:
+    def make(name: str, verified: bool = True) -> Caller:
         with SessionLocal() as session:
             user = User(email=f"{name}@example.com", name=name.title(), password_hash=password_hash)
+            user.email_verified_at = utcnow() if verified else None
             session.add(user)
             session.commit()
         return Caller(user.id, user.email, create_token(user.id, "access", timedelta(hours=1)))
@@ -166,20 +167,30 @@ def make_user(db: str, password_hash: str):
 
 
 @pytest.fixture
-def make_org(client):
-    """An organization owned by `owner`, with `members` added under the given role."""
+def join(client):
+    """Invite `member` to the organization as `inviter` and accept as `member`: how anyone joins."""
+
+    def invite_and_accept(org_id: int, inviter: Caller, member: Caller, role: str = "member") -> None:
+        invited = client.post(
+            f"/api/orgs/{org_id}/members", json={"email": member.email, "role": role}, headers=inviter.headers
+        )
+        assert invited.status_code == 202, invited.text
+        accepted = client.post(f"/api/invitations/{invited.json()['id']}/accept", headers=member.headers)
+        assert accepted.status_code == 200, accepted.text
+
+    return invite_and_accept
+
+
+@pytest.fixture
+def make_org(client, join):
+    """An organization owned by `owner`, which `members` joined under the given role."""
 
     def make(owner: Caller, *members: Caller, role: str = "member", name: str = "Acme") -> int:
         response = client.post("/api/orgs", json={"name": name}, headers=owner.headers)
         assert response.status_code == 201, response.text
         org_id = response.json()["id"]
         for member in members:
-            added = client.post(
-                f"/api/orgs/{org_id}/members",
-                json={"email": member.email, "role": role},
-                headers=owner.headers,
-            )
-            assert added.status_code == 201, added.text
+            join(org_id, owner, member, role)
         return org_id
 
     return make

@@ -1,15 +1,68 @@
+import re
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
-from src.config import DEFAULT_SECRET_KEY, Settings
+from src.config import BACKEND_DIR, DEFAULT_SECRET_KEY, Settings, shipped_secret_keys
+
+REPOSITORY = BACKEND_DIR.parent
+EXAMPLE_KEY = next(iter(shipped_secret_keys()))
+GOOD_KEY = "q" * 20 + "Zr8-1kLmN0pQ4sT7uVwX"
 
 
-@pytest.mark.parametrize("secret", [DEFAULT_SECRET_KEY, "short"])
-def test_production_refuses_a_weak_secret_key(secret):
-    with pytest.raises(ValidationError, match="SECRET_KEY must be set"):
-        Settings(environment="production", secret_key=secret, _env_file=None)
+def published_secret_keys() -> set[str]:
+    """Every SECRET_KEY value written anywhere in the repository's docs, examples and deploy files."""
+    found = set()
+    for path in [*REPOSITORY.glob("*.md"), BACKEND_DIR / ".env.example", *REPOSITORY.glob("deploy/**/*")]:
+        if path.is_file():
+            found |= {v.strip("\"'`") for v in re.findall(r"SECRET_KEY=([^\s]+)", path.read_text())}
+    return found - {"", "$(python"}
+
+
+@pytest.mark.parametrize("environment", ["production", "Production", "PRODUCTION", " production "])
+@pytest.mark.parametrize(
+    "secret", [DEFAULT_SECRET_KEY, EXAMPLE_KEY, "change-me-to-a-long-random-value", "s" * 31]
+)
+def test_production_refuses_a_weak_or_published_secret_key(environment, secret):
+    with pytest.raises(ValidationError, match="SECRET_KEY must be a random value"):
+        Settings(environment=environment, secret_key=secret, _env_file=None)
+
+
+def test_every_secret_key_the_repository_shows_is_refused_in_production():
+    keys = published_secret_keys()
+    assert EXAMPLE_KEY in keys
+    for secret in keys:
+        with pytest.raises(ValidationError):
+            Settings(environment="production", secret_key=secret, _env_file=None)
 
 
 def test_production_accepts_a_real_secret_key_and_development_needs_none():
-    assert Settings(environment="production", secret_key="x" * 40, _env_file=None).secret_key == "x" * 40
+    assert Settings(environment="production", secret_key=GOOD_KEY, _env_file=None).secret_key == GOOD_KEY
     assert Settings(environment="development", _env_file=None).secret_key == DEFAULT_SECRET_KEY
+
+
+def test_a_production_start_with_the_example_env_file_refuses_to_run(tmp_path: Path):
+    """As an operator would: `.env.example` copied, ENVIRONMENT=Production set, the API started."""
+    env = {"PATH": "/usr/bin:/bin", "ENVIRONMENT": "Production", "SECRET_KEY": EXAMPLE_KEY}
+    started = subprocess.run(
+        [sys.executable, "-c", "import src.main"],
+        cwd=BACKEND_DIR, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert started.returncode != 0
+    assert "SECRET_KEY must be a random value of at least 32 characters" in started.stderr
+
+
+def test_verification_is_required_in_production_and_optional_in_development():
+    production = Settings(environment="Production", secret_key=GOOD_KEY, _env_file=None)
+    assert production.verification_required
+    assert not Settings(environment="development", _env_file=None).verification_required
+    assert Settings(
+        environment="development", email_verification="required", _env_file=None
+    ).verification_required
+    relaxed = Settings(
+        environment="production", secret_key=GOOD_KEY, email_verification="optional", _env_file=None
+    )
+    assert not relaxed.verification_required

@@ -37,19 +37,18 @@ def test_admin_can_add_members_but_not_owners(client, make_user, make_org):
     as_member = client.post(
         f"/api/orgs/{org_id}/members", json={"email": carol.email, "role": "member"}, headers=bob.headers
     )
-    assert as_member.status_code == 201
+    assert as_member.status_code == 202
 
 
 def test_add_member_errors(client, make_user, make_org):
     alice, bob = make_user("alice"), make_user("bob")
     org_id = make_org(alice, bob)
-    unknown = client.post(
-        f"/api/orgs/{org_id}/members", json={"email": "ghost@example.com"}, headers=alice.headers
-    )
-    assert unknown.status_code == 422
-    assert "must register first" in unknown.json()["detail"]
-    twice = client.post(f"/api/orgs/{org_id}/members", json={"email": bob.email}, headers=alice.headers)
-    assert twice.status_code == 409
+    member = client.post(f"/api/orgs/{org_id}/members", json={"email": bob.email}, headers=alice.headers)
+    assert member.status_code == 409 and "already belongs to a member" in member.json()["detail"]
+    ghost = {"email": "ghost@example.com"}
+    assert client.post(f"/api/orgs/{org_id}/members", json=ghost, headers=alice.headers).status_code == 202
+    twice = client.post(f"/api/orgs/{org_id}/members", json=ghost, headers=alice.headers)
+    assert twice.status_code == 409 and "already pending" in twice.json()["detail"]
     bad_role = client.post(
         f"/api/orgs/{org_id}/members", json={"email": bob.email, "role": "king"}, headers=alice.headers
     )

@@ -1,15 +1,31 @@
-from fastapi import APIRouter, status
+from typing import Annotated
+
+from fastapi import APIRouter, Query, status
 
 from src.auth import service
 from src.auth.deps import CurrentUser, DbSession, unauthorized
-from src.auth.schemas import LoginIn, RegisterIn, TokenOut, UserOut
+from src.auth.schemas import (
+    Accepted,
+    EmailIn,
+    LoginIn,
+    PasswordResetIn,
+    RegisterIn,
+    TokenIn,
+    TokenOut,
+    UserOut,
+)
+from src.errors import Forbidden
 
 router = APIRouter(tags=["auth"])
 
+CHECK_INBOX = Accepted(detail="check your inbox: we sent a link to confirm the address")
 
-@router.post("/auth/register", status_code=status.HTTP_201_CREATED, response_model=UserOut)
-def register(body: RegisterIn, session: DbSession) -> object:
-    return service.register(session, body.email, body.password, body.name)
+
+@router.post("/auth/register", status_code=status.HTTP_202_ACCEPTED)
+def register(body: RegisterIn, session: DbSession) -> Accepted:
+    """The same answer for a new address and a registered one (whose owner is told by email)."""
+    service.register(session, body.email, body.password, body.name)
+    return CHECK_INBOX
 
 
 @router.post("/auth/login", response_model=TokenOut)
@@ -17,8 +33,46 @@ def login(body: LoginIn, session: DbSession) -> TokenOut:
     user = service.authenticate(session, body.email, body.password)
     if user is None:
         raise unauthorized("wrong email or password")
+    if not service.can_log_in(user):
+        raise Forbidden(
+            "confirm your email address first: follow the link we emailed you, "
+            "or ask for a new one with POST /api/auth/verify-email/resend"
+        )
     token, expires_in = service.issue_access_token(user)
     return TokenOut(access_token=token, expires_in=expires_in)
+
+
+@router.get("/auth/verify-email")
+def verify_email_link(
+    token: Annotated[str, Query(min_length=1, max_length=2000)], session: DbSession
+) -> Accepted:
+    """Where the emailed link leads."""
+    service.verify_email(session, token)
+    return Accepted(detail="your address is confirmed: you can log in")
+
+
+@router.post("/auth/verify-email")
+def verify_email(body: TokenIn, session: DbSession) -> Accepted:
+    service.verify_email(session, body.token)
+    return Accepted(detail="your address is confirmed: you can log in")
+
+
+@router.post("/auth/verify-email/resend", status_code=status.HTTP_202_ACCEPTED)
+def resend_verification(body: EmailIn, session: DbSession) -> Accepted:
+    service.resend_verification(session, body.email)
+    return Accepted(detail="if an unconfirmed account has this address, we emailed it a new link")
+
+
+@router.post("/auth/password-reset", status_code=status.HTTP_202_ACCEPTED)
+def request_password_reset(body: EmailIn, session: DbSession) -> Accepted:
+    service.request_password_reset(session, body.email)
+    return Accepted(detail="if an account has this address, we emailed it a reset code")
+
+
+@router.post("/auth/password-reset/confirm")
+def reset_password(body: PasswordResetIn, session: DbSession) -> Accepted:
+    service.reset_password(session, body.token, body.password)
+    return Accepted(detail="your password is changed: log in with the new one")
 
 
 @router.get("/me", response_model=UserOut)

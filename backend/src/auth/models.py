@@ -14,3 +14,5 @@ class User(Base):
     name: Mapped[str] = mapped_column(String(200))
     password_hash: Mapped[str] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # Set when the owner of the address followed a link mailed to it (confirmation or password reset).
+    email_verified_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

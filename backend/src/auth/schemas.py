@@ -1,14 +1,17 @@
 from datetime import datetime
+from typing import Annotated
 
 from email_validator import EmailNotValidError, validate_email
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator
 
 from src.validation import Line
 
+Password = Annotated[str, Field(min_length=8, max_length=256)]
+
 
 class RegisterIn(BaseModel):
     email: EmailStr
-    password: str = Field(min_length=8, max_length=256)
+    password: Password
     name: Line = Field(min_length=1, max_length=200)
 
     @field_validator("email")
@@ -27,6 +30,24 @@ class LoginIn(BaseModel):
     password: str = Field(max_length=256)
 
 
+class EmailIn(BaseModel):
+    email: EmailStr
+
+
+class TokenIn(BaseModel):
+    token: str = Field(min_length=1, max_length=2000)
+
+
+class PasswordResetIn(TokenIn):
+    password: Password
+
+
+class Accepted(BaseModel):
+    """The answer of requests whose outcome must not say whether an email is registered."""
+
+    detail: str
+
+
 class TokenOut(BaseModel):
     access_token: str
     token_type: str = "bearer"
@@ -40,3 +61,4 @@ class UserOut(BaseModel):
     email: str
     name: str
     created_at: datetime
+    email_verified_at: datetime | None

@@ -1,6 +1,9 @@
 """Password hashing and signed tokens."""
 
+import functools
+import re
 from datetime import timedelta
+from typing import Any
 
 import jwt
 from argon2 import PasswordHasher
@@ -8,9 +11,11 @@ from argon2.exceptions import InvalidHashError, VerifyMismatchError
 
 from src.config import settings
 from src.db import utcnow
+from src.validation import MAX_ID
 
 _hasher = PasswordHasher()
 _ALGORITHM = "HS256"
+_ID = re.compile(r"[1-9][0-9]{0,9}")
 
 
 def hash_password(password: str) -> str:
@@ -24,22 +29,41 @@ def verify_password(password_hash: str, password: str) -> bool:
         return False
 
 
-def create_token(user_id: int, purpose: str, lifetime: timedelta) -> str:
-    """A JWT for `user_id`; `purpose` keeps a short-lived stream token from passing as an access token."""
+@functools.cache
+def _dummy_hash() -> str:
+    return _hasher.hash("no account has this password")
+
+
+def spend_a_password_check(password: str) -> None:
+    """What checking a password costs, for an email with no account: answering faster would tell
+    an attacker which emails are registered."""
+    verify_password(_dummy_hash(), password)
+
+
+def create_token(user_id: int, purpose: str, lifetime: timedelta, **claims: Any) -> str:
+    """A JWT for `user_id`; `purpose` keeps a short-lived stream token from passing as an access token.
+    Extra `claims` bind a single-use token to the state it may change (see src.auth.service)."""
     now = utcnow()
-    claims = {"sub": str(user_id), "typ": purpose, "iat": now, "exp": now + lifetime}
-    return jwt.encode(claims, settings.secret_key, algorithm=_ALGORITHM)
+    payload = {**claims, "sub": str(user_id), "typ": purpose, "iat": now, "exp": now + lifetime}
+    return jwt.encode(payload, settings.secret_key, algorithm=_ALGORITHM)
+
+
+def decode_claims(token: str, purpose: str) -> dict[str, Any] | None:
+    """The claims of a token signed here for `purpose`, unexpired and naming a user id the database
+    can hold; None for anything else, including a token without an expiry."""
+    try:
+        claims = jwt.decode(
+            token, settings.secret_key, algorithms=[_ALGORITHM], options={"require": ["exp", "sub", "typ"]}
+        )
+    except jwt.PyJWTError:
+        return None
+    subject = claims["sub"]
+    if claims["typ"] != purpose or not isinstance(subject, str) or not _ID.fullmatch(subject):
+        return None
+    return claims if int(subject) <= MAX_ID else None
 
 
 def decode_token(token: str, purpose: str) -> int | None:
     """The user id the token was issued to, or None when it is forged, expired or for another use."""
-    try:
-        claims = jwt.decode(token, settings.secret_key, algorithms=[_ALGORITHM])
-    except jwt.PyJWTError:
-        return None
-    if claims.get("typ") != purpose:
-        return None
-    try:
-        return int(claims["sub"])
-    except (KeyError, ValueError):
-        return None
+    claims = decode_claims(token, purpose)
+    return int(claims["sub"]) if claims is not None else None

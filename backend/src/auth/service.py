@@ -1,3 +1,12 @@
+"""Accounts: registration, logging in, confirming an address and resetting a password.
+
+Nothing here tells a caller whether an email is registered: registration, confirmation resends and
+reset requests answer alike, and logging in costs the same password check either way. Links mailed
+to an address are signed tokens bound to the state they change, which makes them single-use without
+storing them: confirming sets `email_verified_at`, resetting changes the password hash.
+"""
+
+import hashlib
 from datetime import timedelta
 
 from sqlalchemy import func, select
@@ -5,9 +14,19 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from src.auth.models import User
-from src.auth.security import create_token, hash_password, verify_password
+from src.auth.security import (
+    create_token,
+    decode_claims,
+    hash_password,
+    spend_a_password_check,
+    verify_password,
+)
 from src.config import settings
-from src.errors import Conflict
+from src.db import utcnow
+from src.emails.rendering import render
+from src.emails.service import EmailService
+from src.errors import Conflict, Invalid
+from src.text import one_line
 
 
 def normalize_email(email: str) -> str:
@@ -18,26 +37,126 @@ def get_user_by_email(session: Session, email: str) -> User | None:
     return session.scalar(select(User).where(func.lower(User.email) == normalize_email(email)))
 
 
-def register(session: Session, email: str, password: str, name: str) -> User:
-    if get_user_by_email(session, email) is not None:
-        raise Conflict("a user with this email already exists")
-    user = User(email=normalize_email(email), name=name.strip(), password_hash=hash_password(password))
+def register(session: Session, email: str, password: str, name: str) -> None:
+    """Create an unconfirmed account and mail its confirmation link; for an address that already
+    has an account, mail its owner that someone tried instead. The caller cannot tell which."""
+    password_hash = hash_password(password)  # paid either way: the answer's timing tells nothing
+    existing = get_user_by_email(session, email)
+    if existing is not None:
+        _mail_account_exists(session, existing)
+        session.commit()
+        return
+    user = User(email=normalize_email(email), name=name.strip(), password_hash=password_hash)
     session.add(user)
     try:
-        session.commit()
-    except IntegrityError:  # the same email registered at the same instant
+        session.flush()
+    except IntegrityError:  # the same address registered at the same instant: that one stands
         session.rollback()
-        raise Conflict("a user with this email already exists") from None
-    return user
+        return
+    _mail_verification(session, user)
+    session.commit()
 
 
 def authenticate(session: Session, email: str, password: str) -> User | None:
     user = get_user_by_email(session, email)
-    if user is None or not verify_password(user.password_hash, password):
+    if user is None:
+        spend_a_password_check(password)
         return None
-    return user
+    return user if verify_password(user.password_hash, password) else None
+
+
+def can_log_in(user: User) -> bool:
+    return user.email_verified_at is not None or not settings.verification_required
 
 
 def issue_access_token(user: User) -> tuple[str, int]:
     lifetime = timedelta(minutes=settings.access_token_expire_minutes)
     return create_token(user.id, "access", lifetime), int(lifetime.total_seconds())
+
+
+def resend_verification(session: Session, email: str) -> None:
+    user = get_user_by_email(session, email)
+    if user is not None and user.email_verified_at is None:
+        _mail_verification(session, user)
+        session.commit()
+
+
+def verify_email(session: Session, token: str) -> User:
+    """Confirm the address a verification link was mailed to; the link works once."""
+    claims = decode_claims(token, "verify")
+    user = session.get(User, int(claims["sub"])) if claims else None
+    if user is None or claims is None or claims.get("email") != user.email:
+        raise Invalid("this confirmation link is invalid or has expired; ask for a new one")
+    if user.email_verified_at is not None:
+        raise Conflict("this confirmation link was already used: the address is confirmed")
+    user.email_verified_at = utcnow()
+    session.commit()
+    return user
+
+
+def request_password_reset(session: Session, email: str) -> None:
+    user = get_user_by_email(session, email)
+    if user is not None:
+        minutes = settings.password_reset_token_minutes
+        token = create_token(
+            user.id, "reset", timedelta(minutes=minutes), pwd=_fingerprint(user.password_hash)
+        )
+        text, html = render(
+            "password_reset",
+            recipient_name=one_line(user.name),
+            token=token,
+            minutes=minutes,
+            confirm_url=f"{_base_url()}/api/auth/password-reset/confirm",
+        )
+        EmailService.queue_email(
+            session, to_email=user.email, to_name=one_line(user.name), subject="Reset your Herald password",
+            body_text=text, body_html=html, priority=10,
+        )  # fmt: skip
+        session.commit()
+
+
+def reset_password(session: Session, token: str, new_password: str) -> None:
+    """Set a new password with a mailed reset token, which then no longer matches the account and
+    so cannot be used again. Following it also proves the address is the caller's."""
+    claims = decode_claims(token, "reset")
+    user = session.get(User, int(claims["sub"])) if claims else None
+    if user is None or claims is None or claims.get("pwd") != _fingerprint(user.password_hash):
+        raise Invalid("this reset code is invalid, used or expired; ask for a new one")
+    user.password_hash = hash_password(new_password)
+    user.email_verified_at = user.email_verified_at or utcnow()
+    session.commit()
+
+
+def _fingerprint(password_hash: str) -> str:
+    return hashlib.sha256(password_hash.encode()).hexdigest()[:32]
+
+
+def _base_url() -> str:
+    return settings.public_base_url.rstrip("/")
+
+
+def _mail_verification(session: Session, user: User) -> None:
+    hours = settings.verification_token_hours
+    token = create_token(user.id, "verify", timedelta(hours=hours), email=user.email)
+    text, html = render(
+        "verify_email",
+        recipient_name=one_line(user.name),
+        link=f"{_base_url()}/api/auth/verify-email?token={token}",
+        hours=hours,
+    )
+    EmailService.queue_email(
+        session, to_email=user.email, to_name=one_line(user.name), subject="Confirm your address for Herald",
+        body_text=text, body_html=html, priority=10,
+    )  # fmt: skip
+
+
+def _mail_account_exists(session: Session, user: User) -> None:
+    text, html = render(
+        "account_exists",
+        recipient_name=one_line(user.name),
+        reset_hint=f"POST {_base_url()}/api/auth/password-reset with your address",
+    )
+    EmailService.queue_email(
+        session, to_email=user.email, to_name=one_line(user.name),
+        subject="Someone tried to sign up with your address", body_text=text, body_html=html, priority=10,
+    )  # fmt: skip

@@ -5,7 +5,7 @@ from src.auth.deps import CurrentUser, DbSession
 from src.idempotency.deps import Idempotent
 from src.orgs import service
 from src.orgs.models import Membership, Organization
-from src.orgs.schemas import MemberIn, MemberOut, OrgIn, OrgOut
+from src.orgs.schemas import MemberOut, OrgIn, OrgOut
 from src.validation import PathId
 
 router = APIRouter(prefix="/orgs", tags=["organizations"])
@@ -35,15 +35,6 @@ def get_org(org_id: PathId, user: CurrentUser, session: DbSession) -> OrgOut:
 @router.get("/{org_id}/members", response_model=list[MemberOut])
 def list_members(org_id: PathId, user: CurrentUser, session: DbSession) -> object:
     return service.list_members(session, org_id, user)
-
-
-@router.post("/{org_id}/members", status_code=status.HTTP_201_CREATED, response_model=MemberOut)
-def add_member(
-    org_id: PathId, body: MemberIn, user: CurrentUser, session: DbSession, idempotent: Idempotent
-) -> MemberOut | Response:
-    return idempotent.run(
-        lambda: MemberOut.model_validate(service.add_member(session, org_id, user, body.email, body.role))
-    )
 
 
 @router.delete("/{org_id}/members/{user_id}", status_code=status.HTTP_204_NO_CONTENT)

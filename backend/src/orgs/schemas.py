@@ -1,6 +1,6 @@
 from datetime import datetime
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from src.auth.schemas import UserOut
 from src.orgs.models import Role
@@ -16,11 +16,6 @@ class OrgOut(BaseModel):
     name: str
     role: Role
     created_at: datetime
-
-
-class MemberIn(BaseModel):
-    email: EmailStr
-    role: Role = Role.member
 
 
 class MemberOut(BaseModel):

@@ -1,13 +1,11 @@
 """Organizations and who belongs to them: the boundary every other query is scoped by."""
 
 from sqlalchemy import delete, select, update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from src.auth.models import User
-from src.auth.service import get_user_by_email
 from src.db import after_commit
-from src.errors import Conflict, Forbidden, Invalid, NotFound
+from src.errors import Conflict, Forbidden, NotFound
 from src.notifications.service import end_live_streams
 from src.orgs.models import Membership, Organization, Role
 from src.tasks.models import Task, task_watchers
@@ -66,26 +64,6 @@ def list_members(session: Session, org_id: int, user: User) -> list[Membership]:
     return list(
         session.scalars(select(Membership).where(Membership.org_id == org_id).order_by(Membership.id))
     )
-
-
-def add_member(session: Session, org_id: int, actor: User, email: str, role: Role) -> Membership:
-    actor_membership = require_manager(session, org_id, actor)
-    if role == Role.owner and actor_membership.role != Role.owner:
-        raise Forbidden("only an owner can add another owner")
-    user = get_user_by_email(session, email)
-    if user is None:
-        raise Invalid(f"no registered user has the email {email!r}; they must register first")
-    if get_membership(session, org_id, user.id) is not None:
-        raise Conflict("this user is already a member of the organization")
-    membership = Membership(org_id=org_id, user_id=user.id, role=role)
-    session.add(membership)
-    after_commit(session, lambda: end_live_streams(user.id))  # they reconnect into the new org
-    try:
-        session.commit()
-    except IntegrityError:  # added twice at the same instant
-        session.rollback()
-        raise Conflict("this user is already a member of the organization") from None
-    return membership
 
 
 def remove_member(session: Session, org_id: int, actor: User, user_id: int) -> None:

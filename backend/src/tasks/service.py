@@ -183,6 +183,8 @@ def _queue_status_emails(
     task_url = f"{settings.public_base_url.rstrip('/')}/api/tasks/{task.id}"
     drafts = []
     for recipient in recipients:
+        if recipient.email_verified_at is None and settings.verification_required:
+            continue  # nobody has shown this address is theirs: Herald mails it nothing
         try:
             to_email = normalized_address(recipient.email)
         except Invalid as exc:  # one unreachable address must not block the status change
