@@ -177,12 +177,18 @@ def seed(api: str) -> tuple[dict[int, str], dict[int, str]]:
     with an assignee and 2-3 watchers, through the API; (access token per user id, title per task id)."""
     from src.auth.models import User
     from src.auth.security import create_token, hash_password
-    from src.db import SessionLocal
+    from src.db import SessionLocal, utcnow
 
     with SessionLocal() as session:
         password = hash_password("soak-password")
         users = [
-            User(email=f"user{i}@soak.example", name=f"User {i}", password_hash=password) for i in range(10)
+            User(
+                email=f"user{i}@soak.example",
+                name=f"User {i}",
+                password_hash=password,
+                email_verified_at=utcnow(),
+            )
+            for i in range(10)
         ]
         session.add_all(users)
         session.commit()
@@ -197,7 +203,8 @@ def seed(api: str) -> tuple[dict[int, str], dict[int, str]]:
 
         org = post("/api/orgs", {"name": "Soak"}, ids[0])["id"]
         for user in users[1:]:
-            post(f"/api/orgs/{org}/members", {"email": user.email, "role": "member"}, ids[0])
+            invitation = post(f"/api/orgs/{org}/members", {"email": user.email, "role": "member"}, ids[0])
+            post(f"/api/invitations/{invitation['id']}/accept", {}, user.id)
         titles = {}
         for i in range(50):
             watchers = [ids[(i + k) % 10] for k in range(2, 4 + i % 2)]

@@ -169,12 +169,14 @@ def make_user(db: str, password_hash: str):
 @pytest.fixture
 def join(client):
     """Invite `member` to the organization as `inviter` and accept as `member`: how anyone joins."""
+    from src.relay import relay
 
     def invite_and_accept(org_id: int, inviter: Caller, member: Caller, role: str = "member") -> None:
         invited = client.post(
             f"/api/orgs/{org_id}/members", json={"email": member.email, "role": role}, headers=inviter.headers
         )
         assert invited.status_code == 202, invited.text
+        assert relay.flush(5)  # published, so accepting marks the invitation's notification read
         accepted = client.post(f"/api/invitations/{invited.json()['id']}/accept", headers=member.headers)
         assert accepted.status_code == 200, accepted.text
 

@@ -84,6 +84,8 @@ def test_make_run_serves_the_demo_delivers_mail_and_survives_a_worker_crash(runn
     [org] = api.get("/api/orgs", headers=bob).json()
     [task] = api.get(f"/api/orgs/{org['id']}/tasks", headers=bob).json()["items"]
 
+    wait_for(lambda: list(maildir.glob("*.eml")), 15, "the email inviting Bob in the sink")
+
     def move_and_wait_for_mail(status: str) -> None:
         before = len(list(maildir.glob("*.eml")))
         reply = api.patch(f"/api/tasks/{task['id']}", json={"status": status}, headers=bob)

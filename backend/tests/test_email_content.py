@@ -123,8 +123,10 @@ def test_long_names_and_international_domains_do_not_break_a_status_change(clien
     response = client.patch(f"/api/tasks/{task['id']}", json={"status": "done"}, headers=alice.headers)
     assert response.status_code == 200
     with SessionLocal() as session:
-        assert session.scalar(select(EmailQueue.to_email)) == "bob@xn--exmple-cua.com"
-        assert len(session.scalar(select(Notification.title))) == 300
+        status_email = select(EmailQueue.to_email).where(EmailQueue.dedupe_key.startswith("task-event:"))
+        assert session.scalar(status_email) == "bob@xn--exmple-cua.com"
+        status_note = select(Notification.title).where(Notification.type == "task.status_changed")
+        assert len(session.scalar(status_note)) == 300
 
 
 @pytest.fixture

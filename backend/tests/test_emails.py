@@ -4,7 +4,7 @@ import time
 from collections import Counter
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from src.db import SessionLocal
 from src.emails.models import EmailAttempt, EmailQueue, EmailStatus
@@ -75,9 +75,15 @@ def kick_processor(timeout=30.0):
 
 
 @pytest.fixture
-def team(client, make_user, make_org):
+def team(client, make_user, make_org, worker, sink):
+    """Four members and a task; the emails inviting them delivered and then out of the way."""
     alice, bob, carol, dave = (make_user(n) for n in ("alice", "bob", "carol", "dave"))
     org_id = make_org(alice, bob, carol, dave)
+    wait_until(lambda: all_status(EmailStatus.sent, 3), message="the invitations' emails sent")
+    with SessionLocal() as session:
+        session.execute(delete(EmailQueue))
+        session.commit()
+    sink.messages.clear()
     task = client.post(
         f"/api/orgs/{org_id}/tasks",
         json={"title": "Fix <login>", "assignee_id": bob.id, "watcher_ids": [carol.id]},

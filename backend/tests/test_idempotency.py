@@ -18,6 +18,7 @@ class Endpoint:
     body: dict[str, Any]
     other_body: dict[str, Any]
     model: type
+    created: int = 201  # the status of a first answer
 
 
 @pytest.fixture
@@ -30,8 +31,9 @@ def team(make_user, make_org):
 def endpoint(request, team, make_user) -> Endpoint:
     """Each endpoint that creates something, with a body that succeeds (by alice), another one that
     would succeed too, and the table its objects land in."""
+    from src.invitations.models import Invitation
     from src.notifications.models import Notification
-    from src.orgs.models import Membership, Organization
+    from src.orgs.models import Organization
     from src.tasks.models import Task
 
     org_id, _alice, _bob, carol = team
@@ -44,7 +46,9 @@ def endpoint(request, team, make_user) -> Endpoint:
             f"/api/orgs/{org_id}/announcements", {"title": "Hello"}, {"title": "Goodbye"}, Notification
         )
     dave = make_user("dave")
-    return Endpoint(f"/api/orgs/{org_id}/members", {"email": carol.email}, {"email": dave.email}, Membership)
+    return Endpoint(
+        f"/api/orgs/{org_id}/members", {"email": carol.email}, {"email": dave.email}, Invitation, 202
+    )
 
 
 def count(model: type) -> int:
@@ -75,7 +79,7 @@ def test_retry_gets_the_first_answer_and_creates_nothing(client, team, endpoint)
     _org_id, alice, *_ = team
     before = count(endpoint.model)
     first = client.post(endpoint.path, json=endpoint.body, headers=keyed(alice, "k-1"))
-    assert first.status_code == 201, first.text
+    assert first.status_code == endpoint.created, first.text
     assert "Idempotent-Replayed" not in first.headers
     assert count(endpoint.model) == before + 1
 
@@ -86,7 +90,7 @@ def test_retry_gets_the_first_answer_and_creates_nothing(client, team, endpoint)
         endpoint.path, content=respelled, headers={**keyed(alice, "k-1"), "Content-Type": "application/json"}
     )
     for replay in (again, raw):
-        assert replay.status_code == 201
+        assert replay.status_code == endpoint.created
         assert replay.json() == first.json()
         assert replay.headers["Idempotent-Replayed"] == "true"
     assert count(endpoint.model) == before + 1
@@ -113,9 +117,9 @@ def test_without_a_key_nothing_changes(client, team, endpoint):
     _org_id, alice, *_ = team
     before = count(endpoint.model)
     first = client.post(endpoint.path, json=endpoint.body, headers=alice.headers)
-    assert first.status_code == 201 and "Idempotent-Replayed" not in first.headers
+    assert first.status_code == endpoint.created and "Idempotent-Replayed" not in first.headers
     second = client.post(endpoint.path, json=endpoint.other_body, headers=alice.headers)
-    assert second.status_code == 201
+    assert second.status_code == endpoint.created
     assert count(endpoint.model) == before + 2
 
 
@@ -136,32 +140,31 @@ def test_users_have_keys_of_their_own(client, team):
     )
 
 
-def test_refused_member_can_be_added_with_the_same_key_later(client, team, make_user):
-    org_id, alice, *_ = team
-    request = {"email": "dave@example.com", "role": "admin"}
-    refused = client.post(f"/api/orgs/{org_id}/members", json=request, headers=keyed(alice, "add-dave"))
-    assert refused.status_code == 422 and "must register first" in refused.json()["detail"]
-    make_user("dave")
-    added = client.post(f"/api/orgs/{org_id}/members", json=request, headers=keyed(alice, "add-dave"))
-    assert added.status_code == 201 and "Idempotent-Replayed" not in added.headers
-    assert added.json()["user"]["email"] == "dave@example.com"
+def test_refused_invitation_can_be_sent_with_the_same_key_later(client, team):
+    org_id, alice, bob, _carol = team
+    request = {"email": bob.email, "role": "admin"}
+    refused = client.post(f"/api/orgs/{org_id}/members", json=request, headers=keyed(alice, "invite-bob"))
+    assert refused.status_code == 409 and "already belongs to a member" in refused.json()["detail"]
+    client.delete(f"/api/orgs/{org_id}/members/{bob.id}", headers=alice.headers)
+    invited = client.post(f"/api/orgs/{org_id}/members", json=request, headers=keyed(alice, "invite-bob"))
+    assert invited.status_code == 202 and "Idempotent-Replayed" not in invited.headers
+    assert invited.json()["email"] == bob.email and invited.json()["role"] == "admin"
 
 
-def test_task_of_a_non_member_can_be_created_with_the_same_key_once_they_join(client, team):
+def test_task_of_a_non_member_can_be_created_with_the_same_key_once_they_join(client, team, join):
     from src.tasks.models import Task
 
     org_id, alice, _bob, carol = team
     path = f"/api/orgs/{org_id}/tasks"
     refused = client.post(path, json={"title": "Fix login"}, headers=keyed(carol, "t"))
     assert refused.status_code == 404
-    added = client.post(f"/api/orgs/{org_id}/members", json={"email": carol.email}, headers=alice.headers)
-    assert added.status_code == 201
+    join(org_id, alice, carol)
     created = client.post(path, json={"title": "Fix login"}, headers=keyed(carol, "t"))
     assert created.status_code == 201 and created.json()["reporter_id"] == carol.id
     assert count(Task) == 1
 
 
-def test_announcement_refused_to_a_member_can_be_sent_with_the_same_key_as_admin(client, team):
+def test_announcement_refused_to_a_member_can_be_sent_with_the_same_key_as_admin(client, team, join):
     from src.notifications.models import Notification
 
     org_id, alice, bob, _carol = team
@@ -169,13 +172,11 @@ def test_announcement_refused_to_a_member_can_be_sent_with_the_same_key_as_admin
     refused = client.post(path, json={"title": "Hello"}, headers=keyed(bob, "a"))
     assert refused.status_code == 403
     client.delete(f"/api/orgs/{org_id}/members/{bob.id}", headers=alice.headers)
-    readded = client.post(
-        f"/api/orgs/{org_id}/members", json={"email": bob.email, "role": "admin"}, headers=alice.headers
-    )
-    assert readded.status_code == 201
+    join(org_id, alice, bob, "admin")
+    before = count(Notification)
     sent = client.post(path, json={"title": "Hello"}, headers=keyed(bob, "a"))
     assert sent.status_code == 201 and "Idempotent-Replayed" not in sent.headers
-    assert count(Notification) == 1
+    assert count(Notification) == before + 1
 
 
 def test_invalid_body_leaves_the_key_unused(client, team):
@@ -296,10 +297,14 @@ def test_concurrent_requests_with_one_key_create_one_object(api_servers, client,
         thread.join()
 
     assert count(endpoint.model) == before + 1
-    created = [a for a in answers.values() if a.status_code == 201 and "Idempotent-Replayed" not in a.headers]
+    created = [
+        a
+        for a in answers.values()
+        if a.status_code == endpoint.created and "Idempotent-Replayed" not in a.headers
+    ]
     assert len(created) == 1, [(a.status_code, a.text) for a in answers.values()]
     for answer in answers.values():
-        if answer.status_code == 201:
+        if answer.status_code == endpoint.created:
             assert answer.json() == created[0].json()
         else:
             assert answer.status_code == 409, answer.text

@@ -19,9 +19,11 @@ def test_inbox_pages_filters_and_read_state(client, make_user, make_org):
     second = client.get(
         f"/api/notifications?limit=4&before={first['next_before']}", headers=bob.headers
     ).json()
-    assert len(second["items"]) == 2 and second["next_before"] is None
+    # The oldest is Bob's invitation to the organization, read since he accepted it.
+    assert len(second["items"]) == 3 and second["next_before"] is None
+    assert second["items"][-1]["type"] == "invitation.received" and second["items"][-1]["read_at"]
     ids = [n["id"] for n in first["items"] + second["items"]]
-    assert ids == sorted(ids, reverse=True) and len(set(ids)) == 6
+    assert ids == sorted(ids, reverse=True) and len(set(ids)) == 7
 
     assert client.get("/api/notifications/unread-count", headers=bob.headers).json() == {"count": 6}
     read = client.post(f"/api/notifications/{ids[0]}/read", headers=bob.headers).json()
@@ -29,7 +31,7 @@ def test_inbox_pages_filters_and_read_state(client, make_user, make_org):
     again = client.post(f"/api/notifications/{ids[0]}/read", headers=bob.headers).json()
     assert again["read_at"] == read["read_at"]
     unread = client.get("/api/notifications?unread=true", headers=bob.headers).json()["items"]
-    assert [n["id"] for n in unread] == ids[1:]
+    assert [n["id"] for n in unread] == ids[1:-1]
     # The broadcast Bob read stays unread for Alice: read state is per person.
     assert client.get("/api/notifications/unread-count", headers=alice.headers).json() == {"count": 1}
 

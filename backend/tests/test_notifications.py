@@ -164,8 +164,12 @@ def test_a_member_added_while_streaming_gets_the_new_orgs_broadcasts(servers, te
     stream = SseClient(stream_url(b, bob))
     stream.next("unread_count")
     other_org = make_org(alice, name="Second")
-    added = api_a.post(f"/api/orgs/{other_org}/members", json={"email": bob.email}, headers=alice.headers)
-    assert added.status_code == 201
+    invited = api_a.post(f"/api/orgs/{other_org}/members", json={"email": bob.email}, headers=alice.headers)
+    assert invited.status_code == 202
+    invitation = stream.next("notification")["data"]
+    assert invitation["type"] == "invitation.received" and invitation["org_id"] == other_org
+    accepted = api_a.post(f"/api/invitations/{invited.json()['id']}/accept", headers=bob.headers)
+    assert accepted.status_code == 200
     assert stream.ended.wait(5), "the stream did not end to pick up the new membership"
     resumed = SseClient(stream_url(b, bob))
     api_a.post(f"/api/orgs/{other_org}/announcements", json={"title": "Welcome"}, headers=alice.headers)
@@ -273,7 +277,7 @@ def test_websocket_resumes_with_since_and_keeps_alive(servers, team):
     api_a, b = servers
     _org, task, alice, bob, _carol = team
     move(api_a, task, alice, "in_progress")
-    [seen] = published_inbox(api_a, bob, 1)
+    seen, _invitation = published_inbox(api_a, bob, 2)  # newest first
     move(api_a, task, alice, "in_review")
     move(api_a, task, alice, "done")
     token = api_a.post("/api/notifications/stream-token", headers=bob.headers).json()["token"]

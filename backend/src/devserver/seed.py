@@ -5,29 +5,34 @@ from sqlalchemy.orm import Session
 from src.auth.models import User
 from src.auth.security import hash_password
 from src.auth.service import get_user_by_email
-from src.orgs.models import Membership, Organization, Role
+from src.db import utcnow
+from src.invitations import service as invitations
+from src.orgs.models import Role
+from src.orgs.service import create_org
 from src.tasks.models import Task
 
 DEMO_PASSWORD = "herald-demo"
 DEMO_USERS = (
-    ("alice@demo.herald.dev", "Alice Owner", Role.owner),
-    ("bob@demo.herald.dev", "Bob Developer", Role.member),
+    ("alice@demo.herald.dev", "Alice Owner"),
+    ("bob@demo.herald.dev", "Bob Developer"),
 )
 
 
 def seed_demo(session: Session) -> list[tuple[str, str]]:
-    """Create the demo organization once; return the (email, password) logins."""
+    """Create the demo organization once; return the (email, password) logins. Bob joins the way
+    anyone does: Alice invites him and he accepts."""
     if get_user_by_email(session, DEMO_USERS[0][0]) is None:
-        org = Organization(name="Demo Co")
-        session.add(org)
-        users = []
-        for email, name, role in DEMO_USERS:
-            user = User(email=email, name=name, password_hash=hash_password(DEMO_PASSWORD))
-            session.add(user)
-            session.flush()
-            session.add(Membership(org_id=org.id, user_id=user.id, role=role))
-            users.append(user)
-        owner, developer = users
+        owner, developer = (
+            User(
+                email=email, name=name, password_hash=hash_password(DEMO_PASSWORD), email_verified_at=utcnow()
+            )
+            for email, name in DEMO_USERS
+        )
+        session.add_all([owner, developer])
+        session.flush()
+        org, _membership = create_org(session, owner, "Demo Co")
+        invitation = invitations.invite(session, org.id, owner, developer.email, Role.member)
+        invitations.accept(session, invitation.id, developer)
         session.add(
             Task(
                 org_id=org.id,
@@ -38,4 +43,4 @@ def seed_demo(session: Session) -> list[tuple[str, str]]:
             )
         )
         session.commit()
-    return [(email, DEMO_PASSWORD) for email, _name, _role in DEMO_USERS]
+    return [(email, DEMO_PASSWORD) for email, _name in DEMO_USERS]

@@ -15,10 +15,13 @@ from src.emails.rendering import render
 from src.emails.service import EmailService
 from src.errors import Conflict, Forbidden, Gone, NotFound
 from src.invitations.models import Invitation, InvitationStatus
+from src.notifications.models import Notification
 from src.notifications.service import NotificationService, end_live_streams
 from src.orgs.models import Membership, Organization, Role
 from src.orgs.service import get_membership, require_manager
 from src.text import one_line
+
+INVITATION_RECEIVED = "invitation.received"
 
 
 def invite(session: Session, org_id: int, actor: User, email: str, role: Role) -> Invitation:
@@ -54,7 +57,7 @@ def invite(session: Session, org_id: int, actor: User, email: str, role: Role) -
     _mail_invitation(session, invitation, org, actor)
     if invitee is not None:
         NotificationService.notify(
-            session, org_id, [invitee.id], "invitation.received",
+            session, org_id, [invitee.id], INVITATION_RECEIVED,
             f"{actor.name} invited you to join {org.name}", data={"invitation_id": invitation.id},
         )  # fmt: skip
     session.commit()
@@ -78,7 +81,7 @@ def accept(session: Session, invitation_id: int, user: User) -> Membership:
     invitation = _open_invitation_for(session, invitation_id, user)
     if user.email_verified_at is None:
         raise Forbidden("confirm your email address first: an invitation goes to whoever owns the address")
-    invitation.status, invitation.responded_at = InvitationStatus.accepted, utcnow()
+    _answer(session, invitation, user, InvitationStatus.accepted)
     membership = get_membership(session, invitation.org_id, user.id)
     if membership is None:
         membership = Membership(org_id=invitation.org_id, user_id=user.id, role=invitation.role)
@@ -94,7 +97,7 @@ def accept(session: Session, invitation_id: int, user: User) -> Membership:
 
 def decline(session: Session, invitation_id: int, user: User) -> None:
     invitation = _open_invitation_for(session, invitation_id, user)
-    invitation.status, invitation.responded_at = InvitationStatus.declined, utcnow()
+    _answer(session, invitation, user, InvitationStatus.declined)
     session.commit()
 
 
@@ -136,6 +139,18 @@ def _open_invitation_for(session: Session, invitation_id: int, user: User) -> In
     if invitation.expires_at <= utcnow():
         raise Gone("this invitation has expired; ask for a new one")
     return invitation
+
+
+def _answer(session: Session, invitation: Invitation, user: User, answer: InvitationStatus) -> None:
+    """Record the invitee's answer; the notification that asked the question is then read."""
+    invitation.status, invitation.responded_at = answer, utcnow()
+    NotificationService.mark_read_where(
+        session,
+        user.id,
+        Notification.type == INVITATION_RECEIVED,
+        Notification.org_id == invitation.org_id,
+        Notification.recipient_id == user.id,
+    )
 
 
 def _mail_invitation(session: Session, invitation: Invitation, org: Organization, actor: User) -> None:

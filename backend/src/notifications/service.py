@@ -10,7 +10,7 @@ from datetime import UTC
 from typing import Any
 
 import redis
-from sqlalchemy import and_, bindparam, exists, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, bindparam, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from src import outages
@@ -197,15 +197,22 @@ class NotificationService:
 
     @staticmethod
     def mark_all_read(session: Session, user_id: int) -> int:
-        unread = select(Notification.id).where(_visible_to(user_id), _unread_by(user_id))
-        ids = list(session.scalars(unread))
-        marked = 0
-        if ids:
-            now = utcnow()
-            rows = [{"notification_id": i, "user_id": user_id, "read_at": now} for i in ids]
-            marked = insert_ignoring_duplicates(session, NotificationRead.__table__, rows)
-            _announce_unread_after_commit(session, user_id)
+        marked = NotificationService.mark_read_where(session, user_id)
         session.commit()
+        return marked
+
+    @staticmethod
+    def mark_read_where(session: Session, user_id: int, *conditions: ColumnElement[bool]) -> int:
+        """Mark the user's unread notifications that meet `conditions` read, in the caller's
+        transaction (for one whose question was answered elsewhere, like an invitation)."""
+        unread = select(Notification.id).where(_visible_to(user_id), _unread_by(user_id), *conditions)
+        ids = list(session.scalars(unread))
+        if not ids:
+            return 0
+        now = utcnow()
+        rows = [{"notification_id": i, "user_id": user_id, "read_at": now} for i in ids]
+        marked = insert_ignoring_duplicates(session, NotificationRead.__table__, rows)
+        _announce_unread_after_commit(session, user_id)
         return marked
 
     @staticmethod
