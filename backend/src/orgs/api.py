@@ -1,4 +1,4 @@
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Request, status
 from fastapi.responses import Response
 
 from src.auth.deps import CurrentUser, DbSession
@@ -6,6 +6,7 @@ from src.idempotency.deps import Idempotent
 from src.orgs import service
 from src.orgs.models import Membership, Organization
 from src.orgs.schemas import MemberIn, MemberOut, OrgIn, OrgOut
+from src.ratelimit import limit
 from src.validation import PathId
 
 router = APIRouter(prefix="/orgs", tags=["organizations"])
@@ -39,8 +40,14 @@ def list_members(org_id: PathId, user: CurrentUser, session: DbSession) -> objec
 
 @router.post("/{org_id}/members", status_code=status.HTTP_201_CREATED, response_model=MemberOut)
 def add_member(
-    org_id: PathId, body: MemberIn, user: CurrentUser, session: DbSession, idempotent: Idempotent
+    org_id: PathId,
+    body: MemberIn,
+    user: CurrentUser,
+    session: DbSession,
+    idempotent: Idempotent,
+    request: Request,
 ) -> MemberOut | Response:
+    limit(request, "invite", account=user.id)
     return idempotent.run(
         lambda: MemberOut.model_validate(service.add_member(session, org_id, user, body.email, body.role))
     )
