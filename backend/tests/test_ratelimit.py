@@ -8,10 +8,11 @@ import time
 import httpx
 import pytest
 import redis
+from dotenv import dotenv_values
 from limits import parse
 from pydantic import ValidationError
 
-from src.config import Settings
+from src.config import BACKEND_DIR, Settings
 from src.devserver.load import RATE_LIMIT_SETTINGS
 from src.devserver.processes import ApiServer
 from src.devserver.redis_server import PrivateRedis, free_port
@@ -73,6 +74,13 @@ def test_every_limit_is_a_setting_the_load_tools_raise():
     fields = {name for name in Settings.model_fields if name.startswith("rate_limit_")}
     in_rules = {s for rule in RULES.values() for s in (rule.per_ip, rule.per_account) if s}
     assert fields == in_rules == {name.lower() for name in RATE_LIMIT_SETTINGS}
+
+
+def test_env_example_documents_every_limit_with_its_default():
+    example = dotenv_values(BACKEND_DIR / ".env.example")
+    assert {name: example.get(name) for name in RATE_LIMIT_SETTINGS} == {
+        name: Settings.model_fields[name.lower()].default for name in RATE_LIMIT_SETTINGS
+    }
 
 
 @pytest.mark.parametrize("value", ["ten per minute", "10/fortnight", "10/minute;100/hour", ""])
