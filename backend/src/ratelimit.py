@@ -76,24 +76,22 @@ def limit(request: Request | None, action: str, account: str | int | None = None
     if outages.broker.down:  # known down: do not wait for another refusal
         return
     try:
-        for setting, scope, who in checks:
-            retry_after = _hit(_parse(getattr(settings, setting)), action, scope, who)
-            if retry_after is not None:
-                _redis_answered()
-                raise TooManyRequests(f"too many {rule.what}; retry in {retry_after} s", retry_after)
+        retry_after = next(filter(None, (_hit(action, *check) for check in checks)), None)  # first refusal
     except redis.RedisError as exc:
         _redis_failed(exc)
         return
     _redis_answered()
+    if retry_after is not None:
+        raise TooManyRequests(f"too many {rule.what}; retry in {retry_after} s", retry_after)
 
 
 def client_address(request: Request) -> str:
     """The address as uvicorn gives it (with --proxy-headers, the client's behind trusted proxies).
     IPv6 counts per /64, the block one subscriber gets, or one machine could rotate through 2^64."""
-    host = request.client.host if request.client else "unknown"
+    host = request.client.host if request.client else "unknown"  # a unix socket without a proxy
     try:
         address = ipaddress.ip_address(host)
-    except ValueError:  # "testclient", a unix socket
+    except ValueError:  # "testclient" (the test client)
         return host
     if isinstance(address, ipaddress.IPv6Address):
         if address.ipv4_mapped:  # an IPv4 client on a dual-stack socket
@@ -102,8 +100,10 @@ def client_address(request: Request) -> str:
     return str(address)
 
 
-def _hit(item: limits.RateLimitItem, action: str, scope: str, who: str) -> int | None:
-    """None if the hit was counted, else the whole seconds until one fits."""
+def _hit(action: str, setting: str, scope: str, who: str) -> int | None:
+    """None if the hit was counted, else the whole seconds until one fits. Checks stop at the first
+    refusal: an address's count includes attempts that an account's limit then refused."""
+    item = _parse(getattr(settings, setting))
     limiter = _limiter()
     if limiter.hit(item, action, scope, who):
         return None
