@@ -10,6 +10,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from src.devserver.databases import DEFAULT_PG_ADMIN_URL, create_pg_database, drop_pg_database, migrate
+from src.devserver.load import raised_rate_limits
 from src.devserver.processes import SmtpSinkProcess
 from src.devserver.redis_server import PrivateRedis
 
@@ -22,7 +23,8 @@ def percentile(values: list[float], fraction: float) -> float:
 
 
 def prepare(stack: ExitStack, database: str) -> tuple[Path, str]:
-    """Private Redis and a migrated database; returns (work dir, database URL)."""
+    """Private Redis, a migrated database and rate limits out of the way (they reach the API processes
+    the benchmark starts); returns (work dir, database URL)."""
     workdir = Path(tempfile.mkdtemp(prefix="herald-bench-"))
     redis = PrivateRedis(workdir=str(workdir)).start()
     stack.callback(redis.stop)
@@ -31,7 +33,7 @@ def prepare(stack: ExitStack, database: str) -> tuple[Path, str]:
         stack.callback(drop_pg_database, url)
     else:
         url = f"sqlite:///{workdir / 'bench.db'}"
-    os.environ.update(REDIS_URL=redis.url, DATABASE_URL=url)
+    os.environ.update(REDIS_URL=redis.url, DATABASE_URL=url, **raised_rate_limits())
     migrate(url)
     return workdir, url
 

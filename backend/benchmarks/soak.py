@@ -32,6 +32,7 @@ import psycopg
 from benchmarks.common import percentile, read_journal
 from benchmarks.soak_traffic import Stream, Traffic
 from src.devserver.databases import migrate
+from src.devserver.load import raised_rate_limits
 from src.devserver.postgres_server import PrivatePostgres
 from src.devserver.processes import ApiServer, CeleryBeat, CeleryWorker, SmtpSinkProcess
 from src.devserver.redis_server import PrivateRedis, free_port
@@ -150,7 +151,7 @@ def start_deployment(stack: ExitStack, workdir: Path) -> tuple[Supervisor, list[
     redis = PrivateRedis(workdir=str(workdir), extra_args=aof).start()
     stack.callback(redis.stop)
     sink = SmtpSinkProcess(workdir / "smtp.log", workdir / "sink.jsonl")
-    env = {**SETTINGS, "DATABASE_URL": postgres.url, "REDIS_URL": redis.url}
+    env = {**SETTINGS, **raised_rate_limits(), "DATABASE_URL": postgres.url, "REDIS_URL": redis.url}
     env.update(SMTP_HOST="127.0.0.1", SMTP_PORT=str(sink.port))
     os.environ.update(env)  # this process seeds and checks the same database
     migrate(postgres.url)

@@ -3,9 +3,10 @@
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import model_validator
+import limits
+from pydantic import AfterValidator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 BACKEND_DIR = Path(__file__).resolve().parent.parent
@@ -13,6 +14,16 @@ DEFAULT_SECRET_KEY = "dev-only-insecure-secret-key-change-me-in-production"
 # Keys anyone who has read the repository knows: the built-in default, what `.env.example` ships
 # (read from it, so a new placeholder is covered too) and the placeholder it used to ship.
 _PUBLISHED_SECRET_KEYS = {DEFAULT_SECRET_KEY, "change-me-to-a-long-random-value"}
+
+
+def _one_rate_limit(value: str) -> str:
+    """A malformed limit stops the process at start-up, not at the first request it would refuse."""
+    if len(limits.parse_many(value)) != 1:  # parse_many raises ValueError on bad notation
+        raise ValueError(f"one limit such as '10/15 minutes' is expected, not {value!r}")
+    return value
+
+
+RateLimit = Annotated[str, AfterValidator(_one_rate_limit)]  # `limits` notation: "10/15 minutes"
 
 
 class Settings(BaseSettings):
@@ -78,6 +89,24 @@ class Settings(BaseSettings):
     @property
     def verification_required(self) -> bool:
         return self.email_verification == "required" or (self.email_verification == "" and self.is_production)
+
+    # Rate limits (src/ratelimit.py), counted in Redis over a moving window. "Account" is the
+    # normalized email for sign-in flows and the user id for invitations and status changes. Sized
+    # so that a team of 20 signing up, verifying, logging in and inviting each other from one office
+    # address within an hour is never refused, and a script trying passwords is after 10 tries.
+    rate_limit_login_per_ip: RateLimit = "100/hour"  # attempts; one address keeps <= 2 accounts locked
+    rate_limit_login_per_account: RateLimit = "10/15 minutes"  # attempts, right or wrong
+    rate_limit_register_per_ip: RateLimit = "50/hour"
+    rate_limit_register_per_account: RateLimit = "5/hour"  # per email: each may send a verification mail
+    rate_limit_verify_per_ip: RateLimit = "60/hour"  # verification confirmations and resends
+    rate_limit_verify_per_account: RateLimit = "10/hour"
+    rate_limit_reset_per_ip: RateLimit = "30/hour"  # password reset requests and confirmations
+    rate_limit_reset_per_account: RateLimit = "5/hour"  # each request mails the address
+    rate_limit_invite_per_ip: RateLimit = "400/hour"  # invitations sent: 20 people inviting 19 each
+    rate_limit_invite_per_account: RateLimit = "50/hour"  # per inviting user
+    rate_limit_invite_reply_per_ip: RateLimit = "60/hour"  # invitations accepted or declined
+    rate_limit_invite_reply_per_account: RateLimit = "20/hour"
+    rate_limit_status_change_per_account: RateLimit = "120/minute"  # per user; each change sends mail
 
     @model_validator(mode="after")
     def _refuse_insecure_production(self) -> "Settings":

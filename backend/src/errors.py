@@ -12,6 +12,7 @@ RETRY_AFTER_SECONDS = 2
 
 class HeraldError(Exception):
     status_code = 400
+    headers: dict[str, str] | None = None
 
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
@@ -38,10 +39,20 @@ class Invalid(HeraldError):
     status_code = 422
 
 
+class TooManyRequests(HeraldError):
+    """A rate limit refused the request (see `src.ratelimit`); `Retry-After` says when one fits again."""
+
+    status_code = 429
+
+    def __init__(self, detail: str, retry_after: int) -> None:
+        super().__init__(detail)
+        self.headers = {"Retry-After": str(retry_after)}
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(HeraldError)
     async def _herald_error(_request: Request, exc: HeraldError) -> JSONResponse:
-        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -1,4 +1,4 @@
-"""Redis connections for Herald's own use (notification fan-out), plain or through Sentinel.
+"""Redis connections for Herald's own use (notification fan-out, rate limits), plain or through Sentinel.
 
 With REDIS_SENTINEL_MASTER set, REDIS_URL lists the sentinels the way Celery does,
 `sentinel://host1:26379;sentinel://host2:26379/0`, and every client asks them for the current
@@ -33,13 +33,12 @@ def sentinel_hosts(url: str) -> tuple[list[tuple[str, int]], int, str | None]:
 
 
 def _client(redis_class: Any, sentinel_class: Any, options: dict[str, object]) -> Any:
+    options = {**TIMEOUTS, **options}  # a caller may want to give up sooner
     if not settings.redis_sentinel_master:
-        return redis_class.from_url(settings.redis_url, **TIMEOUTS, **options)
+        return redis_class.from_url(settings.redis_url, **options)
     hosts, db, password = sentinel_hosts(settings.redis_url)
     sentinel = sentinel_class(hosts, sentinel_kwargs=TIMEOUTS)
-    return sentinel.master_for(
-        settings.redis_sentinel_master, db=db, password=password, **TIMEOUTS, **options
-    )
+    return sentinel.master_for(settings.redis_sentinel_master, db=db, password=password, **options)
 
 
 def sync_redis(**options: object) -> redis.Redis:

@@ -14,6 +14,7 @@ import psycopg
 import pytest
 
 from src.devserver.databases import DEFAULT_PG_ADMIN_URL, create_pg_database, drop_pg_database, migrate
+from src.devserver.load import raised_rate_limits
 from src.devserver.redis_server import PrivateRedis
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -39,6 +40,10 @@ except psycopg.Error as exc:
 
 os.environ["DATABASE_URL"] = SQLITE_URL
 os.environ.setdefault("EMAIL_QUEUE_INTERVAL", "1")
+# The suite signs up, logs in and changes statuses thousands of times from one address: the limits
+# are raised for it, and tests/test_ratelimit.py lowers them for its own API processes. The
+# production defaults are checked there too.
+os.environ.update(raised_rate_limits())
 
 
 def require_service(name: str) -> None:

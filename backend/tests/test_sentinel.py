@@ -96,3 +96,20 @@ def test_emails_and_notifications_flow_through_sentinel_and_survive_a_failover(
         beat.stop()
         worker.stop()
         api.stop()
+
+
+def test_rate_limits_count_in_the_master_the_sentinels_name(sentinel_setup, database_url, make_user):
+    alice = make_user("alice")
+    env = {
+        "DATABASE_URL": database_url, "REDIS_URL": sentinel_setup["url"], "REDIS_SENTINEL_MASTER": "herald",
+        "RATE_LIMIT_LOGIN_PER_ACCOUNT": "2/minute",
+    }  # fmt: skip
+    api = ApiServer(env, RUN_DIR / "api-sentinel-limits.log", free_port()).start()
+    try:
+        attempt = {"email": alice.email, "password": "wrong password"}
+        codes = [httpx.post(f"{api.url}/api/auth/login", json=attempt).status_code for _ in range(3)]
+    finally:
+        api.stop()
+    assert codes == [401, 401, 429]
+    master = redis.Redis.from_url(sentinel_setup["master"].url)
+    assert any(key.startswith(b"herald:ratelimit:") for key in master.scan_iter())

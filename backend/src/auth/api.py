@@ -1,6 +1,6 @@
 from typing import Annotated
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, Query, Request, status
 
 from src.auth import service
 from src.auth.deps import CurrentUser, DbSession, unauthorized
@@ -14,7 +14,9 @@ from src.auth.schemas import (
     TokenOut,
     UserOut,
 )
+from src.auth.security import decode_token
 from src.errors import Forbidden
+from src.ratelimit import limit
 
 router = APIRouter(tags=["auth"])
 
@@ -22,14 +24,16 @@ CHECK_INBOX = Accepted(detail="check your inbox: we sent a link to confirm the a
 
 
 @router.post("/auth/register", status_code=status.HTTP_202_ACCEPTED)
-def register(body: RegisterIn, session: DbSession) -> Accepted:
+def register(body: RegisterIn, session: DbSession, request: Request) -> Accepted:
     """The same answer for a new address and a registered one (whose owner is told by email)."""
+    limit(request, "register", account=service.normalize_email(body.email))
     service.register(session, body.email, body.password, body.name)
     return CHECK_INBOX
 
 
 @router.post("/auth/login", response_model=TokenOut)
-def login(body: LoginIn, session: DbSession) -> TokenOut:
+def login(body: LoginIn, session: DbSession, request: Request) -> TokenOut:
+    limit(request, "login", account=service.normalize_email(body.email))  # before argon2's ~200 ms
     user = service.authenticate(session, body.email, body.password)
     if user is None:
         raise unauthorized("wrong email or password")
@@ -44,33 +48,38 @@ def login(body: LoginIn, session: DbSession) -> TokenOut:
 
 @router.get("/auth/verify-email")
 def verify_email_link(
-    token: Annotated[str, Query(min_length=1, max_length=2000)], session: DbSession
+    token: Annotated[str, Query(min_length=1, max_length=2000)], session: DbSession, request: Request
 ) -> Accepted:
     """Where the emailed link leads."""
+    limit(request, "verify", account=_token_account(token, "verify"))
     service.verify_email(session, token)
     return Accepted(detail="your address is confirmed: you can log in")
 
 
 @router.post("/auth/verify-email")
-def verify_email(body: TokenIn, session: DbSession) -> Accepted:
+def verify_email(body: TokenIn, session: DbSession, request: Request) -> Accepted:
+    limit(request, "verify", account=_token_account(body.token, "verify"))
     service.verify_email(session, body.token)
     return Accepted(detail="your address is confirmed: you can log in")
 
 
 @router.post("/auth/verify-email/resend", status_code=status.HTTP_202_ACCEPTED)
-def resend_verification(body: EmailIn, session: DbSession) -> Accepted:
+def resend_verification(body: EmailIn, session: DbSession, request: Request) -> Accepted:
+    limit(request, "verify", account=service.normalize_email(body.email))
     service.resend_verification(session, body.email)
     return Accepted(detail="if an unconfirmed account has this address, we emailed it a new link")
 
 
 @router.post("/auth/password-reset", status_code=status.HTTP_202_ACCEPTED)
-def request_password_reset(body: EmailIn, session: DbSession) -> Accepted:
+def request_password_reset(body: EmailIn, session: DbSession, request: Request) -> Accepted:
+    limit(request, "reset", account=service.normalize_email(body.email))
     service.request_password_reset(session, body.email)
     return Accepted(detail="if an account has this address, we emailed it a reset code")
 
 
 @router.post("/auth/password-reset/confirm")
-def reset_password(body: PasswordResetIn, session: DbSession) -> Accepted:
+def reset_password(body: PasswordResetIn, session: DbSession, request: Request) -> Accepted:
+    limit(request, "reset", account=_token_account(body.token, "reset"))
     service.reset_password(session, body.token, body.password)
     return Accepted(detail="your password is changed: log in with the new one")
 
@@ -78,3 +87,8 @@ def reset_password(body: PasswordResetIn, session: DbSession) -> Accepted:
 @router.get("/me", response_model=UserOut)
 def me(user: CurrentUser) -> object:
     return user
+
+
+def _token_account(token: str, purpose: str) -> str:
+    """Whose link this is, for counting; tokens that are not ours share one count."""
+    return str(decode_token(token, purpose) or "unreadable-token")

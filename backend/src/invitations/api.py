@@ -1,4 +1,4 @@
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Request, status
 from fastapi.responses import Response
 
 from src.auth.deps import CurrentUser, DbSession
@@ -7,6 +7,7 @@ from src.invitations import service
 from src.invitations.models import Invitation
 from src.invitations.schemas import InvitationIn, InvitationOut, ReceivedInvitationOut
 from src.orgs.schemas import MemberOut
+from src.ratelimit import limit
 from src.validation import PathId
 
 router = APIRouter(tags=["invitations"])
@@ -14,9 +15,15 @@ router = APIRouter(tags=["invitations"])
 
 @router.post("/orgs/{org_id}/members", status_code=status.HTTP_202_ACCEPTED, response_model=InvitationOut)
 def invite_member(
-    org_id: PathId, body: InvitationIn, user: CurrentUser, session: DbSession, idempotent: Idempotent
+    org_id: PathId,
+    body: InvitationIn,
+    user: CurrentUser,
+    session: DbSession,
+    idempotent: Idempotent,
+    request: Request,
 ) -> InvitationOut | Response:
     """Invite an address (owners and admins): it becomes a member only once its owner accepts."""
+    limit(request, "invite", account=user.id)
     return idempotent.run(
         lambda: InvitationOut.model_validate(
             service.invite(session, org_id, user, body.email, body.role), from_attributes=True
@@ -40,12 +47,18 @@ def my_invitations(user: CurrentUser, session: DbSession) -> list[ReceivedInvita
 
 
 @router.post("/invitations/{invitation_id}/accept", response_model=MemberOut)
-def accept_invitation(invitation_id: PathId, user: CurrentUser, session: DbSession) -> object:
+def accept_invitation(
+    invitation_id: PathId, user: CurrentUser, session: DbSession, request: Request
+) -> object:
+    limit(request, "invite_reply", account=user.id)
     return service.accept(session, invitation_id, user)
 
 
 @router.post("/invitations/{invitation_id}/decline", status_code=status.HTTP_204_NO_CONTENT)
-def decline_invitation(invitation_id: PathId, user: CurrentUser, session: DbSession) -> None:
+def decline_invitation(
+    invitation_id: PathId, user: CurrentUser, session: DbSession, request: Request
+) -> None:
+    limit(request, "invite_reply", account=user.id)
     service.decline(session, invitation_id, user)
 
 

@@ -14,6 +14,7 @@ from src.errors import Invalid, NotFound
 from src.notifications.service import NotificationService
 from src.orgs.models import Membership, Organization
 from src.orgs.service import member_ids, require_member
+from src.ratelimit import limit
 from src.tasks.models import Task, TaskEvent, TaskStatus
 from src.tasks.schemas import TaskPatch
 from src.text import one_line
@@ -128,6 +129,8 @@ def update_task(session: Session, task_id: int, actor: User, patch: TaskPatch) -
         raise Invalid("description cannot be null")
     if "assignee_id" in sent and patch.assignee_id is not None:
         _require_members(session, task.org_id, [patch.assignee_id], "assignees")
+    if "status" in sent and patch.status != task.status:  # only a change sends mail
+        limit(None, "status_change", account=actor.id)
 
     if "title" in sent and patch.title != task.title:
         _record(session, task, actor, "title_changed", task.title, patch.title)
