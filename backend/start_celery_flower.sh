@@ -9,6 +9,7 @@ from_env_file() { [ -f .env ] && sed -n "s/^$1=//p" .env | tail -n 1 || true; }
 FLOWER_BASIC_AUTH=${FLOWER_BASIC_AUTH:-$(from_env_file FLOWER_BASIC_AUTH)}
 FLOWER_ADDRESS=${FLOWER_ADDRESS:-$(from_env_file FLOWER_ADDRESS)}
 FLOWER_ADDRESS=${FLOWER_ADDRESS:-127.0.0.1}
+FLOWER_PORT=${FLOWER_PORT:-$(from_env_file FLOWER_PORT)}
 if [ -z "$FLOWER_BASIC_AUTH" ] && [ "$FLOWER_ADDRESS" != "127.0.0.1" ]; then
   echo "start_celery_flower.sh: refusing to serve Flower on $FLOWER_ADDRESS without a login;" \
     "set FLOWER_BASIC_AUTH=user:password or FLOWER_ADDRESS=127.0.0.1" >&2
