@@ -54,8 +54,9 @@ class Subscriber:
     opened: float = field(default_factory=time.time)
 
     def close(self, reason: str | None = None) -> None:
-        """End the stream cleanly; without a reason its client reconnects and recovers."""
-        self.closing, self.reason = True, reason
+        """End the stream cleanly; without a reason its client reconnects and recovers. A reason
+        given once stays, whatever closes the stream next (a drain, a revoke)."""
+        self.closing, self.reason = True, self.reason or reason
         self.offer({"kind": "close"})
 
     def offer(self, event: dict[str, Any]) -> None:
