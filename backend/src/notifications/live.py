@@ -75,7 +75,9 @@ class LiveHub:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._draining = False
-        self._redis = async_redis()  # commands; the subscription has its own connection
+        # Commands; the subscription has its own connection. Retried on a fresh connection after a
+        # Redis restart: without it, the first command after one fails (a transaction too).
+        self._redis = async_redis(retry_on_error=[redis.ConnectionError])
         self._forgetting: set[asyncio.Task[None]] = set()
 
     # --- lifecycle ---------------------------------------------------------------------------
