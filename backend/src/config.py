@@ -45,6 +45,8 @@ class Settings(BaseSettings):
     password_reset_token_minutes: int = 60
     invitation_days: int = 7
     metrics_token: str = ""  # Prometheus scrapes /metrics with it; empty keeps /metrics closed
+    docs_in_production: bool = False  # serve /docs, /redoc and /openapi.json even in production
+    max_body_bytes: int = 1_048_576  # larger request bodies answer 413 before they are read
 
     # Chosen together (see src/admission.py): API_THREADS requests are admitted at once and each
     # holds at most one connection; streams' short lookups use at most API_THREADS more; the relay one.
@@ -72,6 +74,7 @@ class Settings(BaseSettings):
     live_ping_seconds: float = 15.0
     live_send_timeout: float = 5.0
     stream_token_seconds: int = 60
+    streams_per_user: int = 10  # live streams (SSE and WebSocket, all processes); a new one ends the oldest
 
     email_queue_interval: float = 60.0
     email_batch_size: int = 100

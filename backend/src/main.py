@@ -4,6 +4,7 @@ import logging
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from urllib.parse import unquote_plus
 
 import anyio.to_thread
 from fastapi import APIRouter, FastAPI
@@ -13,6 +14,7 @@ from src.auth.api import router as auth_router
 from src.config import settings
 from src.emails.api import router as emails_router
 from src.errors import install_error_handlers
+from src.http_guards import ApiHeaders, BodyLimit
 from src.invitations.api import router as invitations_router
 from src.notifications.api import router as notifications_router
 from src.notifications.api import ws_router as notifications_ws_router
@@ -25,18 +27,23 @@ from src.tasks.api import router as tasks_router
 
 class RedactQueryTokens(logging.Filter):
     """Stream tokens travel in URLs (EventSource cannot send headers); keep them out of the logs
-    uvicorn writes URLs to: HTTP requests on `uvicorn.access`, WebSocket handshakes on `uvicorn.error`."""
+    uvicorn writes URLs to: HTTP requests on `uvicorn.access`, WebSocket handshakes on `uvicorn.error`.
+    A parameter is matched by its decoded name, so `?tok%65n=` is redacted too."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.args, tuple):
             record.args = tuple(
-                _TOKEN_IN_QUERY.sub(r"\1token=[redacted]", arg) if isinstance(arg, str) else arg
-                for arg in record.args
+                _QUERY_PARAM.sub(_redact_token, arg) if isinstance(arg, str) else arg for arg in record.args
             )
         return True
 
 
-_TOKEN_IN_QUERY = re.compile(r"([?&])token=[^&\s]*")
+_QUERY_PARAM = re.compile(r"([?&][^=&\s]*=)([^&\s]*)")
+
+
+def _redact_token(match: re.Match[str]) -> str:
+    name = match.group(1)
+    return f"{name}[redacted]" if unquote_plus(name[1:-1]).strip().lower() == "token" else match.group(0)
 
 
 @asynccontextmanager
@@ -55,13 +62,18 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     await app.state.hub.stop()
 
 
+# The schema and its pages tell a visitor every route and field: not served in production unless asked.
+_docs = not settings.is_production or settings.docs_in_production
 app = FastAPI(
     title="Herald",
     description="Task tracker whose changes become reliably delivered emails and live notifications.",
     lifespan=lifespan,
+    openapi_url="/openapi.json" if _docs else None,
 )
 install_error_handlers(app)
 app.add_middleware(AdmissionLimit, limit=settings.api_threads)
+app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+app.add_middleware(ApiHeaders)  # outermost: on every answer, errors included
 
 api = APIRouter(prefix="/api")
 for router in (

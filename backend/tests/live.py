@@ -3,6 +3,7 @@
 import json
 import queue
 import threading
+import time
 from contextlib import ExitStack
 
 import httpx
@@ -28,8 +29,9 @@ class StreamClient:
         self.subscribed.set()
 
     def next(self, event: str = "notification", timeout: float = 5.0) -> dict:
+        deadline = time.monotonic() + timeout  # pings must not keep it waiting for ever
         while True:
-            item = self.events.get(timeout=timeout)
+            item = self.events.get(timeout=max(0.0, deadline - time.monotonic()))
             if item["event"] == event:
                 return item
 

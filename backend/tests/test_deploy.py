@@ -24,3 +24,11 @@ def test_systemd_units_verify_against_this_checkout(tmp_path):
         text=True,
     )
     assert result.returncode == 0 and not result.stderr.strip(), result.stderr
+
+
+def test_the_api_unit_runs_uvicorn_with_the_limits_the_tests_use():
+    from src.devserver.processes import UVICORN_LIMITS
+
+    unit = (BACKEND.parent / "deploy" / "systemd" / "herald-api.service").read_text()
+    exec_start = unit.split("\nExecStart=", 1)[1].split("\n\n", 1)[0].replace("\\\n", " ").split("\n")[0]
+    assert set(UVICORN_LIMITS) <= set(exec_start.split())

@@ -197,3 +197,43 @@ def test_a_script_importing_only_the_email_service_can_queue(tmp_path):
 
     with sqlite3.connect(tmp_path / "script.db") as conn:
         assert conn.execute("SELECT status FROM email_queue").fetchall() == [("pending",)]
+
+
+FORGED = "\r\nBcc: eve@example.com\nCc: x\u202e\u2066\u200b\u200d\u2060\ufeff\u200e\u061c"
+
+
+def test_user_text_reaches_a_status_email_on_its_own_line_and_visible(
+    client, make_user, make_org, delivery_to_sink
+):
+    """A status change with forging names and title, sent through the real SMTP sink."""
+    from src.auth.models import User
+    from src.orgs.models import Organization
+
+    alice, bob = make_user("alice"), make_user("bob")
+    org_id = make_org(alice, bob)
+    with SessionLocal() as session:
+        session.execute(update(User).where(User.id == alice.id).values(name=f"Alice{FORGED}"))
+        session.execute(update(User).where(User.id == bob.id).values(name=f"Bob{FORGED}"))
+        session.execute(update(Organization).where(Organization.id == org_id).values(name=f"Acme{FORGED}"))
+        session.commit()
+    task = client.post(
+        f"/api/orgs/{org_id}/tasks",
+        json={"title": f"Pay\ninvoice{FORGED}fdp.exe", "watcher_ids": [bob.id]},
+        headers=alice.headers,
+    ).json()
+    assert client.patch(f"/api/tasks/{task['id']}", json={"status": "done"}, headers=alice.headers).is_success
+    delivery.deliver()  # or the suite's worker, if one runs: it mails the same sink
+    [mail] = delivery_to_sink.wait_for(1)
+    message = mail.message
+    plain = message.get_body(("plain",)).get_content()
+    html = message.get_body(("html",)).get_content()
+    forged = "Bcc: eve@example.com Cc: x"
+    assert message["Subject"] == f"[Acme {forged}] Pay invoice {forged}fdp.exe: todo → done"
+    assert message["To"].addresses[0].display_name == f"Bob {forged}"
+    assert message["Bcc"] is None and message["Cc"] is None
+    assert f"Hi Bob {forged}," in plain
+    assert f'Alice {forged} moved "Pay invoice {forged}fdp.exe" from todo to done.' in plain
+    assert not [line for line in plain.splitlines() if line.startswith(("Bcc", "Cc", "invoice"))]
+    invisible = "\u202e\u2066\u200b\u200d\u2060\ufeff\u200e\u061c"
+    for text in (message["Subject"], message["To"], plain, html):
+        assert not set(invisible) & set(text)

@@ -319,3 +319,47 @@ def test_a_client_that_saw_no_notification_still_resumes_without_a_gap(servers, 
     )
     assert resumed.next()["data"]["data"]["new_status"] == "in_progress"
     resumed.close()
+
+
+def test_the_eleventh_stream_of_a_user_closes_the_oldest_across_processes(servers, api_servers, team):
+    from src.notifications.live import TOO_MANY_STREAMS
+
+    api_a, _b = servers
+    _org, _task, _alice, bob, _carol = team
+    token = api_a.post("/api/notifications/stream-token", headers=bob.headers).json()["token"]
+    a, b = api_servers
+    socket = WsClient(f"ws://127.0.0.1:{a.port}/api/ws/notifications?token={token}")  # the oldest
+    streams = [SseClient(f"{(a, b)[n % 2].url}/api/notifications/stream?token={token}") for n in range(9)]
+    assert not socket.ended.wait(0.3), "ten streams are allowed"
+
+    eleventh = SseClient(f"{b.url}/api/notifications/stream?token={token}")
+    assert socket.next("closed")["data"] == {"reason": TOO_MANY_STREAMS}
+    assert socket.ended.wait(5)
+    assert (socket.socket.close_code, socket.socket.close_reason) == (1008, TOO_MANY_STREAMS)
+
+    twelfth = SseClient(f"{b.url}/api/notifications/stream?token={token}")
+    assert streams[0].next("closed")["data"] == {"reason": TOO_MANY_STREAMS}  # an SSE stream on a
+    assert streams[0].ended.wait(5)
+    assert not any(stream.ended.is_set() for stream in [*streams[1:], eleventh, twelfth])
+    for stream in [*streams, eleventh, twelfth]:
+        stream.close()
+
+
+def test_without_redis_the_stream_limit_holds_per_process(monkeypatch):
+    import asyncio
+
+    from src.notifications.live import TOO_MANY_STREAMS, LiveHub, settings
+
+    monkeypatch.setattr(settings, "streams_per_user", 2)
+
+    async def open_three() -> list:
+        hub = LiveHub()  # never connected to Redis
+        subscribers = []
+        for _ in range(3):
+            subscribers.append(hub.subscribe(1, set()))
+            await hub.limit_streams(subscribers[-1])
+        return subscribers
+
+    oldest, *newer = asyncio.run(open_three())
+    assert oldest.closing and oldest.reason == TOO_MANY_STREAMS
+    assert not any(s.closing for s in newer)

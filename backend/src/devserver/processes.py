@@ -118,10 +118,26 @@ class CeleryWorker(ManagedProcess):
         raise RuntimeError(f"the worker did not answer a ping within {timeout:.0f}s; see {self.logfile}")
 
 
+# What one API process holds for any number of clients, as deploy/systemd/herald-api.service runs it.
+# h11, not httptools: httptools buffers a header that never ends without limit (12 MB in 12 s here),
+# h11 refuses an unfinished request line or header block past 16 KB. --limit-concurrency counts open
+# connections, streams included (a process serves about a thousand): past it, requests answer 503
+# instead of piling up. Idle keep-alive connections close after 5 s. uvicorn has no timeout for a
+# connection that sends nothing or trickles its headers: the reverse proxy must (see the README).
+UVICORN_LIMITS = [
+    "--http=h11", "--h11-max-incomplete-event-size=16384", "--limit-concurrency=2000",
+    "--timeout-keep-alive=5", "--backlog=2048",
+]  # fmt: skip
+
+
 class ApiServer(ManagedProcess):
-    def __init__(self, env: dict[str, str], logfile: Path, port: int) -> None:
+    def __init__(self, env: dict[str, str], logfile: Path, port: int, *options: str) -> None:
+        """`options` go to uvicorn after UVICORN_LIMITS, so they can override one."""
         self.port = port
-        command = [sys.executable, "-m", "uvicorn", "src.main:app", "--host=127.0.0.1", f"--port={port}"]
+        command = [
+            sys.executable, "-m", "uvicorn", "src.main:app", "--host=127.0.0.1", f"--port={port}",
+            *UVICORN_LIMITS, *options,
+        ]  # fmt: skip
         super().__init__(command, env, logfile)
 
     @property

@@ -20,6 +20,7 @@ from src.db import after_commit, insert_or_ignore, utcnow
 from src.emails.mime import compose_message
 from src.emails.models import EmailQueue, EmailStatus
 from src.errors import Invalid
+from src.text import visible
 
 log = logging.getLogger("herald.emails")
 
@@ -67,8 +68,9 @@ class EmailService:
         of `EmailDraft` as keywords.
 
         Raises `Invalid` (and adds nothing) for a bad address, a header with CR/LF, an empty subject or
-        an oversized body. A `dedupe_key` already queued returns the existing row instead.
-        `wake_worker=False` leaves the email to the queue processor (bulk loads, backfills).
+        an oversized body; drops bidi and zero-width characters from the subject and name. A
+        `dedupe_key` already queued returns the existing row instead. `wake_worker=False` leaves the
+        email to the queue processor (bulk loads, backfills).
         """
         [email] = EmailService.queue_emails(session, [EmailDraft(**draft)], wake_worker=wake_worker)
         return email
@@ -168,7 +170,7 @@ def _new_row(draft: EmailDraft) -> dict[str, Any]:
     to_email = normalized_address(draft.to_email)
     _check_header("subject", draft.subject)
     _check_header("recipient name", draft.to_name)
-    subject, to_name = draft.subject.strip(), draft.to_name.strip()
+    subject, to_name = visible(draft.subject).strip(), visible(draft.to_name).strip()
     if not subject:
         raise Invalid("subject must not be empty")
     if len(subject) > 998:

@@ -3,7 +3,8 @@ import contextlib
 import logging
 import re
 from datetime import timedelta
-from typing import Annotated
+from typing import Annotated, Any
+from urllib.parse import unquote_plus
 
 from fastapi import APIRouter, Header, HTTPException, Query, Request, WebSocket, WebSocketDisconnect, status
 from fastapi.responses import JSONResponse, Response
@@ -86,11 +87,22 @@ def announce(
     return idempotent.run(create)
 
 
-def _stream_user(authorization: str | None, token: str | None) -> int:
-    """The streaming user: an access token in the header, or a stream token in the query.
+def _query_token(query_string: bytes) -> str | None:
+    """The stream token, taken only from a parameter spelled exactly `token`: one spelled any other
+    way (`tok%65n`, which decodes to the same name) would slip past the log redaction."""
+    for pair in query_string.split(b"&"):
+        name, _, value = pair.partition(b"=")
+        if name == b"token":
+            return unquote_plus(value.decode("latin-1"))
+    return None
+
+
+def _stream_user(authorization: str | None, query_string: bytes) -> int:
+    """The streaming user: an access token in the header, or a stream token in the query (`?token=`).
 
     Uses its own short session: a stream lives for hours and must not hold a connection.
     """
+    token = _query_token(query_string)
     with SessionLocal() as session:
         if authorization and authorization.lower().startswith("bearer "):
             return user_from_token(session, authorization[7:].strip()).id
@@ -112,13 +124,13 @@ def _since(last_event_id: str | None, since: int | None) -> int | None:
 @router.get("/notifications/stream", response_class=Response)
 async def stream(
     request: Request,
-    token: str | None = None,
     since: StreamPosition = None,
     authorization: Annotated[str | None, Header()] = None,
     last_event_id: Annotated[str | None, Header()] = None,
 ) -> EventStream:
-    """Server-Sent Events: `notification` (id = seq) and `unread_count`; send Last-Event-ID to resume."""
-    user_id = await run_in_threadpool(_stream_user, authorization, token)
+    """Server-Sent Events: `notification` (id = seq) and `unread_count`; send Last-Event-ID to resume.
+    Authenticated by `?token=` (a stream token) or an `Authorization` header."""
+    user_id = await run_in_threadpool(_stream_user, authorization, request.scope["query_string"])
     return EventStream(
         live.events(request.app.state.hub, user_id, _since(last_event_id, since)), settings.live_send_timeout
     )
@@ -128,20 +140,23 @@ ws_router = APIRouter(tags=["notifications"])
 
 
 @ws_router.websocket("/ws/notifications")
-async def websocket_stream(
-    websocket: WebSocket, token: str | None = None, since: StreamPosition = None
-) -> None:
-    """The same events as the SSE stream, as JSON text frames; `?since=` resumes."""
+async def websocket_stream(websocket: WebSocket, since: StreamPosition = None) -> None:
+    """The same events as the SSE stream, as JSON text frames; `?since=` resumes, `?token=` authenticates."""
     try:
-        user_id = await run_in_threadpool(_stream_user, websocket.headers.get("authorization"), token)
+        user_id = await run_in_threadpool(
+            _stream_user, websocket.headers.get("authorization"), websocket.scope["query_string"]
+        )
     except HTTPException as exc:  # unauthorized: refuse the handshake
         await websocket.send_denial_response(JSONResponse({"detail": exc.detail}, exc.status_code))
         return
     await websocket.accept()
 
-    async def send_events() -> None:
+    async def send_events() -> str | None:
+        """The reason the stream was closed for, if it was (the last event says it)."""
+        event: dict[str, Any] = {}
         async for event in live.events(websocket.app.state.hub, user_id, since):
             await asyncio.wait_for(websocket.send_json(event), settings.live_send_timeout)
+        return event["data"]["reason"] if event.get("event") == "closed" else None
 
     async def watch_for_close() -> None:
         while (await websocket.receive())["type"] != "websocket.disconnect":
@@ -155,5 +170,9 @@ async def websocket_stream(
     if sender in done:
         if not sender.cancelled() and sender.exception() is not None:
             log.warning("websocket stream of user %s ended: %r", user_id, sender.exception())
+        reason = None if sender.cancelled() or sender.exception() else sender.result()
         with contextlib.suppress(WebSocketDisconnect, RuntimeError):
-            await websocket.close(code=1012)  # service restart / fell behind: reconnect with ?since=
+            if reason:  # policy violation: do not reconnect
+                await websocket.close(code=1008, reason=reason)
+            else:  # service restart / fell behind: reconnect with ?since=
+                await websocket.close(code=1012)

@@ -5,6 +5,12 @@ the subscribers it concerns. Streams never talk to Redis themselves. Every strea
 from the database what its client missed, then takes live events, skipping any seq it already sent:
 no gap, no duplicate. A subscriber that falls too far behind is disconnected and recovers the same
 way on reconnect; the hub never waits for one.
+
+A user has at most STREAMS_PER_USER streams over all processes: each stream is listed, with the time
+it opened, in a Redis sorted set per user; opening one trims the set to the newest STREAMS_PER_USER
+and tells every process, over the fan-out channel, to close the streams trimmed off, with a reason
+the client can read. Entries of a process that crashed are the oldest, so they are trimmed first.
+While Redis is unreachable the limit holds per process instead.
 """
 
 import asyncio
@@ -13,11 +19,13 @@ import json
 import logging
 import signal
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
+import redis
 from starlette.concurrency import run_in_threadpool
 
 from src import outages
@@ -30,6 +38,8 @@ from src.redis_client import async_redis
 log = logging.getLogger("herald.live")
 
 QUEUE_LIMIT = 1000  # events a subscriber may have waiting before it is cut off to recover
+TOO_MANY_STREAMS = "too many streams: this user opened a newer one; do not reconnect this one"
+STREAM_LIST_SECONDS = 86_400  # a user's list of streams outlives no idle day (crashed processes' entries)
 
 
 @dataclass(eq=False)
@@ -39,10 +49,14 @@ class Subscriber:
     queue: asyncio.Queue[dict[str, Any]] = field(default_factory=lambda: asyncio.Queue(QUEUE_LIMIT))
     lagging: bool = False
     closing: bool = False
+    reason: str | None = None  # why it was closed, when its client should not just reconnect
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    opened: float = field(default_factory=time.time)
 
-    def close(self) -> None:
-        """End the stream cleanly; its client reconnects and recovers."""
-        self.closing = True
+    def close(self, reason: str | None = None) -> None:
+        """End the stream cleanly; without a reason its client reconnects and recovers. A reason
+        given once stays, whatever closes the stream next (a drain, a revoke)."""
+        self.closing, self.reason = True, self.reason or reason
         self.offer({"kind": "close"})
 
     def offer(self, event: dict[str, Any]) -> None:
@@ -61,6 +75,10 @@ class LiveHub:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._draining = False
+        # Commands; the subscription has its own connection. Retried on a fresh connection after a
+        # Redis restart: without it, the first command after one fails (a transaction too).
+        self._redis = async_redis(retry_on_error=[redis.ConnectionError])
+        self._forgetting: set[asyncio.Task[None]] = set()
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -103,6 +121,8 @@ class LiveHub:
             except TimeoutError:
                 self._task.cancel()
                 await asyncio.gather(self._task, return_exceptions=True)
+        await asyncio.gather(*self._forgetting, return_exceptions=True)
+        await self._redis.aclose()
 
     async def _run(self) -> None:
         delay = 0.1
@@ -182,6 +202,10 @@ class LiveHub:
         elif kind == "revoke":
             for subscriber in list(self.by_user.get(message["user_id"], ())):
                 subscriber.close()
+        elif kind == "close_streams":
+            for subscriber in list(self.by_user.get(message["user_id"], ())):
+                if subscriber.id in message["stream_ids"]:
+                    subscriber.close(message["reason"])
 
     def _dispatch(self, recipient_id: int | None, payload: dict[str, Any]) -> None:
         self.cursor = payload["seq"]
@@ -203,6 +227,37 @@ class LiveHub:
             self.by_org.setdefault(org_id, set()).add(subscriber)
         return subscriber
 
+    async def limit_streams(self, subscriber: Subscriber) -> None:
+        """Keep the user's newest STREAMS_PER_USER streams open, closing the oldest beyond them."""
+        limit = settings.streams_per_user
+        mine = sorted(self.by_user.get(subscriber.user_id, ()), key=lambda s: s.opened)
+        for oldest in mine[: max(0, len(mine) - limit)]:  # this process's own share, Redis or not
+            oldest.close(TOO_MANY_STREAMS)
+        if not self.connected.is_set():
+            return  # Redis is unreachable (or not yet subscribed): per process only
+        key = _streams_key(subscriber.user_id)
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.zadd(key, {subscriber.id: subscriber.opened})
+                pipe.zrange(key, 0, -limit - 1)
+                pipe.zremrangebyrank(key, 0, -limit - 1)
+                pipe.expire(key, STREAM_LIST_SECONDS)
+                _added, evicted, _removed, _expiring = await pipe.execute()
+            if evicted:
+                message = {
+                    "kind": "close_streams",
+                    "user_id": subscriber.user_id,
+                    "stream_ids": [stream_id.decode() for stream_id in evicted],
+                    "reason": TOO_MANY_STREAMS,
+                }
+                await self._redis.publish(CHANNEL, json.dumps(message))
+        except redis.RedisError as exc:
+            log.warning("streams of user %s limited in this process only: %r", subscriber.user_id, exc)
+
+    async def _forget(self, subscriber: Subscriber) -> None:
+        with contextlib.suppress(redis.RedisError):
+            await self._redis.zrem(_streams_key(subscriber.user_id), subscriber.id)
+
     def unsubscribe(self, subscriber: Subscriber) -> None:
         for index, key in [
             (self.by_user, subscriber.user_id),
@@ -213,6 +268,14 @@ class LiveHub:
                 members.discard(subscriber)
                 if not members:
                     del index[key]
+        if self.connected.is_set():  # off the stream's path; an entry left behind is trimmed first
+            task = asyncio.create_task(self._forget(subscriber))
+            self._forgetting.add(task)
+            task.add_done_callback(self._forgetting.discard)
+
+
+def _streams_key(user_id: int) -> str:
+    return f"herald:streams:{user_id}"
 
 
 def _last_seq() -> int:
@@ -239,6 +302,7 @@ async def events(hub: LiveHub, user_id: int, since: int | None) -> AsyncIterator
     """
     subscriber = hub.subscribe(user_id, await run_in_threadpool(_user_org_ids, user_id))
     try:
+        await hub.limit_streams(subscriber)
         unread, watermark = await run_in_threadpool(_unread_snapshot, user_id)
         counted_after_watermark: set[int] = set()
         sent_up_to = since if since is not None else watermark
@@ -284,6 +348,8 @@ async def events(hub: LiveHub, user_id: int, since: int | None) -> AsyncIterator
                 counted_after_watermark = {s for s in counted_after_watermark if s > watermark}
                 unread = count + len(counted_after_watermark)
                 yield {"event": "unread_count", "data": {"count": unread}}
+        if subscriber.reason:
+            yield {"event": "closed", "data": {"reason": subscriber.reason}}
     finally:
         hub.unsubscribe(subscriber)
 

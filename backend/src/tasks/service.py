@@ -184,6 +184,9 @@ def _queue_status_emails(
     """One email per recipient, in the status change's transaction; a replay queues nothing new."""
     org = session.get_one(Organization, task.org_id)
     task_url = f"{settings.public_base_url.rstrip('/')}/api/tasks/{task.id}"
+    # Every piece of user text on one line of its own: a newline in a title would forge lines of
+    # the plain-text body, and invisible bidi characters would reorder what the reader sees.
+    actor_name, task_title, org_name = one_line(actor.name), one_line(task.title, 300), one_line(org.name)
     drafts = []
     for recipient in recipients:
         if recipient.email_verified_at is None and settings.verification_required:
@@ -193,21 +196,22 @@ def _queue_status_emails(
         except Invalid as exc:  # one unreachable address must not block the status change
             log.warning("no status email for user %s: %s", recipient.id, exc.detail)
             continue
+        recipient_name = one_line(recipient.name)
         text, html = render(
             "task_status_changed",
-            recipient_name=recipient.name,
-            actor_name=actor.name,
-            task_title=task.title,
+            recipient_name=recipient_name,
+            actor_name=actor_name,
+            task_title=task_title,
             old_status=old_status,
             new_status=new_status,
             task_url=task_url,
-            org_name=org.name,
+            org_name=org_name,
         )
         drafts.append(
             EmailDraft(
                 to_email=to_email,
-                to_name=one_line(recipient.name),
-                subject=one_line(f"[{org.name}] {task.title}: {old_status} → {new_status}", 300),
+                to_name=recipient_name,
+                subject=one_line(f"[{org_name}] {task_title}: {old_status} → {new_status}", 300),
                 body_text=text,
                 body_html=html,
                 org_id=task.org_id,
