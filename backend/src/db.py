@@ -98,18 +98,16 @@ def insert_ignoring_duplicates(session: Session, table: Table, rows: list[dict[s
 
 def get_session() -> Iterator[Session]:
     """A request's session. If the database dropped the connection under the request (a restart), the
-    closing ROLLBACK fails, but there is nothing left to undo and the pool has already discarded the
-    connection: that failure is not the request's, so it is not raised after the response."""
+    closing ROLLBACK fails; there is nothing left to undo, so that is not the request's error (it would
+    surface after the response as an ASGI traceback), and the dead connection is discarded."""
     session = SessionLocal()
     try:
         yield session
     finally:
         try:
             session.close()
-        except outages.DATABASE_ERRORS as exc:
-            if outages.outage_of(exc) is not outages.database:
-                raise
-            session.close()  # the dead connection is already invalidated; this only resets the session
+        except outages.DATABASE_ERRORS:  # a ROLLBACK fails only when the connection is gone
+            session.invalidate()  # so the pool discards it instead of handing it out again
 
 
 def after_commit(session: Session, callback: Callable[[], object]) -> None:

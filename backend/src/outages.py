@@ -106,6 +106,7 @@ def _is_connection_error(exc: BaseException) -> bool:
             "connection refused", "could not connect", "terminating connection", "server closed",
             "connection is closed", "the connection is lost", "administrator command", "timeout",
             "connection failed", "consuming input failed", "no connection to the server",
+            "connection socket closed",
         )
     )  # fmt: skip
 
