@@ -88,7 +88,7 @@ def test_api_docs_are_off_in_production_unless_asked_for(database_url, docs_in_p
     }
     server = ApiServer(env, RUN_DIR / "api-production.log", free_port()).start()
     try:
-        for path in ("/docs", "/redoc", "/openapi.json"):
+        for path in ("/docs", "/redoc", "/openapi.json", "/static-offline-docs/swagger-ui.css"):
             assert httpx.get(f"{server.url}{path}", timeout=5).status_code == status, path
     finally:
         server.stop()
