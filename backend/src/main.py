@@ -25,6 +25,7 @@ from src.ops.metrics import router as metrics_router
 from src.orgs.api import router as orgs_router
 from src.outages import fold_outage_tracebacks
 from src.tasks.api import router as tasks_router
+from src.tasks.page import router as task_page_router
 
 
 class RedactQueryTokens(logging.Filter):
@@ -94,6 +95,7 @@ for router in (
     api.include_router(router)
 app.include_router(api)
 app.include_router(metrics_router)
+app.include_router(task_page_router)  # where status emails link, outside /api
 
 
 @app.get("/healthz", tags=["ops"])

@@ -71,7 +71,7 @@ def test_templates_autoescape_html_only():
         task_title="<script>x</script>",
         old_status="todo",
         new_status="done",
-        task_url="http://h/api/tasks/1",
+        task_url="http://h/tasks/1",
         org_name="Acme & Co",
     )
     assert "&lt;script&gt;" in html and "<script>" not in html and "Acme &amp; Co" in html

@@ -113,8 +113,38 @@ def test_status_change_emails_each_recipient_once(client, team, worker, sink):
         html = message.get_body(("html",)).get_content()
         assert 'Bob moved "Fix <login>" from todo to in_progress' in text
         assert "Fix &lt;login&gt;" in html and "<login>" not in html
-        assert f"/api/tasks/{task['id']}" in html
+        assert f'href="http://localhost:8000/tasks/{task["id"]}"' in html
         assert row.attempts == 1 and attempts_of(row.id) == [("sent", 250)]
+
+
+def test_a_status_email_links_to_a_page_anyone_can_load_that_tells_nothing(client, team, worker, sink):
+    """The link opens in a browser, signed in or not: a page (not the API's 401 JSON) that says how to
+    sign in and shows only the number already in its URL."""
+    task, _alice, bob, _carol, _dave = team
+    client.patch(f"/api/tasks/{task['id']}", json={"status": "done"}, headers=bob.headers)
+    wait_until(lambda: len(sink.messages) == 2, message="both emails sent")
+    text = sink.messages[0].message.get_body(("plain",)).get_content()
+    link = f"http://localhost:8000/tasks/{task['id']}"
+    assert f"Open the task: {link}\r\n" in text
+
+    page = client.get(link)  # no Authorization header
+    assert page.status_code == 200
+    assert page.headers["content-type"] == "text/html; charset=utf-8"
+    assert page.headers["x-content-type-options"] == "nosniff"
+    assert page.headers["content-security-policy"].startswith("default-src 'none'; style-src 'unsafe-inline'")
+    assert "Sign in to Herald to see this task" in page.text
+    assert f"Task #{task['id']}" in page.text and f"GET /api/tasks/{task['id']}" in page.text
+    for secret in ("Fix", "login", "Acme", "done", "Alice", "Bob"):
+        assert secret not in page.text.replace("/api/auth/login", ""), secret
+    other = page.text.replace(f"#{task['id']}", "#999999").replace(f"tasks/{task['id']}", "tasks/999999")
+    assert client.get("/tasks/999999").text == other  # not even whether a task exists
+
+
+@pytest.mark.parametrize("task_id", ["0", "-1", "2147483648", "abc", "1.5", "%00"])
+def test_the_task_page_refuses_what_is_not_a_task_number(client, task_id):
+    response = client.get(f"/tasks/{task_id}")
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["path", "task_id"]
 
 
 def test_redis_outage_delays_but_loses_nothing(client, team, worker, sink, redis_server):
