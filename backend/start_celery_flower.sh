@@ -15,6 +15,14 @@ if [ -z "$FLOWER_BASIC_AUTH" ] && [ "$FLOWER_ADDRESS" != "127.0.0.1" ]; then
     "set FLOWER_BASIC_AUTH=user:password or FLOWER_ADDRESS=127.0.0.1" >&2
   exit 2
 fi
-# Flower reads FLOWER_* variables itself: the password stays out of the process list.
-[ -n "$FLOWER_BASIC_AUTH" ] && export FLOWER_BASIC_AUTH || unset FLOWER_BASIC_AUTH
+# Flower reads FLOWER_* variables itself: the password stays out of the process list. Its JSON API
+# (/api/...) answers requests carrying the login; without one (only on 127.0.0.1, see above) it answers
+# 401 unless FLOWER_UNAUTHENTICATED_API is set, which also lets any web page in this machine's browser
+# call it (Flower then allows every origin): set a login on a machine you share.
+if [ -n "$FLOWER_BASIC_AUTH" ]; then
+  export FLOWER_BASIC_AUTH
+else
+  unset FLOWER_BASIC_AUTH
+  export FLOWER_UNAUTHENTICATED_API=true
+fi
 exec celery -A src.celery_app flower --address="$FLOWER_ADDRESS" --port="${FLOWER_PORT:-5555}"

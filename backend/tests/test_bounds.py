@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import func, select
 
 from src.db import SessionLocal
-from src.devserver.processes import ApiServer
+from src.devserver.processes import ApiServer, Flower
 from src.devserver.redis_server import free_port
 from src.orgs.models import Organization
 from tests.conftest import RUN_DIR
@@ -143,3 +143,20 @@ def test_flower_refuses_to_serve_other_hosts_without_a_login():
     result = subprocess.run([script], env=env, capture_output=True, text=True, timeout=30)
     assert result.returncode == 2
     assert "refusing to serve Flower on 0.0.0.0 without a login" in result.stderr
+
+
+@pytest.mark.parametrize("login", ["", "admin:" + secrets.token_urlsafe(12)])
+def test_flowers_json_api_answers_locally_without_a_login_and_with_one_only_to_it(redis_url, login):
+    """Without FLOWER_BASIC_AUTH (127.0.0.1 only) the script opens the API, which Flower otherwise
+    refuses with a 401 asking for FLOWER_UNAUTHENTICATED_API; with a login, only requests carrying it."""
+    flower = Flower({"FLOWER_BASIC_AUTH": login}, RUN_DIR / "flower.log", free_port()).start()
+    try:
+        workers = f"http://127.0.0.1:{flower.port}/api/workers"
+        if login:
+            assert httpx.get(workers, timeout=10).status_code == 401
+            user, password = login.split(":")
+            assert httpx.get(workers, auth=(user, password), timeout=10).status_code == 200
+        else:
+            assert httpx.get(workers, timeout=10).status_code == 200
+    finally:
+        flower.stop()
