@@ -15,6 +15,18 @@ if [ -z "$FLOWER_BASIC_AUTH" ] && [ "$FLOWER_ADDRESS" != "127.0.0.1" ]; then
     "set FLOWER_BASIC_AUTH=user:password or FLOWER_ADDRESS=127.0.0.1" >&2
   exit 2
 fi
-# Flower reads FLOWER_* variables itself: the password stays out of the process list.
-[ -n "$FLOWER_BASIC_AUTH" ] && export FLOWER_BASIC_AUTH || unset FLOWER_BASIC_AUTH
+# Flower reads FLOWER_* variables itself: the password stays out of the process list. Its JSON API
+# (/api/...) answers requests carrying the login. Without a login (only on 127.0.0.1, see above) it
+# answers 401 unless FLOWER_UNAUTHENTICATED_API=true, which is opt-in: Flower then also lets any web
+# page open in this machine's browser call it (it allows every origin), and that API can stop workers.
+FLOWER_UNAUTHENTICATED_API=${FLOWER_UNAUTHENTICATED_API:-$(from_env_file FLOWER_UNAUTHENTICATED_API)}
+if [ -n "$FLOWER_BASIC_AUTH" ]; then
+  export FLOWER_BASIC_AUTH
+  unset FLOWER_UNAUTHENTICATED_API
+elif [ "$FLOWER_UNAUTHENTICATED_API" = "true" ]; then
+  unset FLOWER_BASIC_AUTH
+  export FLOWER_UNAUTHENTICATED_API
+else
+  unset FLOWER_BASIC_AUTH FLOWER_UNAUTHENTICATED_API
+fi
 exec celery -A src.celery_app flower --address="$FLOWER_ADDRESS" --port="${FLOWER_PORT:-5555}"

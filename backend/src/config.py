@@ -37,7 +37,9 @@ class Settings(BaseSettings):
     redis_sentinel_master: str = ""  # set to use Sentinel: REDIS_URL then lists the sentinels
     secret_key: str = DEFAULT_SECRET_KEY
     access_token_expire_minutes: int = 60
-    public_base_url: str = "http://localhost:8000"
+    public_base_url: str = ""  # base of emailed links; empty: the API this machine serves on PORT
+    port: int = 8000  # the API's port under `make run`
+    sink_port: int = 1025  # `make run`'s local SMTP sink, used while SMTP_HOST is empty
     # "required": an account must confirm its address before it can log in or be mailed about tasks.
     # "optional": both work at once. Empty: required in production, optional elsewhere.
     email_verification: Literal["", "required", "optional"] = ""
@@ -88,6 +90,12 @@ class Settings(BaseSettings):
     @property
     def is_production(self) -> bool:
         return self.environment.strip().lower() == "production"
+
+    @property
+    def public_url(self) -> str:
+        """Base of the links put in emails, without a trailing slash. Without PUBLIC_BASE_URL it is
+        the port served here, so moving `make run` to another port moves the links with it."""
+        return (self.public_base_url or f"http://localhost:{self.port}").rstrip("/")
 
     @property
     def verification_required(self) -> bool:

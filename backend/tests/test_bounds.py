@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import func, select
 
 from src.db import SessionLocal
-from src.devserver.processes import ApiServer
+from src.devserver.processes import ApiServer, Flower
 from src.devserver.redis_server import free_port
 from src.orgs.models import Organization
 from tests.conftest import RUN_DIR
@@ -143,3 +143,28 @@ def test_flower_refuses_to_serve_other_hosts_without_a_login():
     result = subprocess.run([script], env=env, capture_output=True, text=True, timeout=30)
     assert result.returncode == 2
     assert "refusing to serve Flower on 0.0.0.0 without a login" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("settings", "anonymous"),
+    [
+        ({}, 401),
+        ({"FLOWER_UNAUTHENTICATED_API": "true"}, 200),
+        ({"FLOWER_BASIC_AUTH": "admin:s3cret-Flower"}, 401),
+    ],
+)
+def test_flowers_json_api_answers_without_a_login_only_when_asked_and_with_one_only_to_it(
+    redis_url, settings, anonymous
+):
+    """Locally (127.0.0.1) the API opens without a login only on FLOWER_UNAUTHENTICATED_API=true, an
+    opt-in since Flower then answers any web page; with FLOWER_BASIC_AUTH, only requests carrying it."""
+    env = {"FLOWER_BASIC_AUTH": "", "FLOWER_UNAUTHENTICATED_API": "", **settings}
+    flower = Flower(env, RUN_DIR / "flower.log", free_port()).start()
+    try:
+        workers = f"http://127.0.0.1:{flower.port}/api/workers"
+        assert httpx.get(workers, timeout=10).status_code == anonymous
+        if "FLOWER_BASIC_AUTH" in settings:
+            user, password = settings["FLOWER_BASIC_AUTH"].split(":")
+            assert httpx.get(workers, auth=(user, password), timeout=10).status_code == 200
+    finally:
+        flower.stop()

@@ -9,6 +9,7 @@ from pydantic import ValidationError
 from src.config import BACKEND_DIR, DEFAULT_SECRET_KEY, Settings, shipped_secret_keys
 
 REPOSITORY = BACKEND_DIR.parent
+EXAMPLE = BACKEND_DIR / ".env.example"
 EXAMPLE_KEY = next(iter(shipped_secret_keys()))
 GOOD_KEY = "q" * 20 + "Zr8-1kLmN0pQ4sT7uVwX"
 
@@ -66,3 +67,22 @@ def test_verification_is_required_in_production_and_optional_in_development():
         environment="production", secret_key=GOOD_KEY, email_verification="optional", _env_file=None
     )
     assert not relaxed.verification_required
+
+
+def test_the_example_env_file_sets_every_setting():
+    keys = set(re.findall(r"(?m)^([A-Z_]+)=", EXAMPLE.read_text()))
+    assert {name.upper() for name in Settings.model_fields} <= keys
+
+
+def test_the_example_env_file_copied_as_is_keeps_make_run_on_its_sink(tmp_path: Path):
+    """Copied as its first line says: no SMTP server named (so `make run` mails its local sink),
+    development, links to the API's port; PORT in the file moves the links with it, and an explicit
+    PUBLIC_BASE_URL wins. (tests/test_readme.py copies it and starts `make run` for real.)"""
+    copied = Settings(_env_file=EXAMPLE)
+    assert (copied.smtp_host, copied.is_production, copied.public_url) == ("", False, "http://localhost:8000")
+    moved = tmp_path / ".env"
+    moved.write_text(EXAMPLE.read_text() + "PORT=8123\nSINK_PORT=1123\n")
+    settings = Settings(_env_file=moved)
+    assert (settings.port, settings.sink_port, settings.public_url) == (8123, 1123, "http://localhost:8123")
+    public = Settings(_env_file=moved, public_base_url="https://herald.example.com/")
+    assert public.public_url == "https://herald.example.com"

@@ -41,7 +41,8 @@ def children_of(pid: int) -> dict[int, str]:
 def runner():
     run_dir = RUN_DIR / "make-run"
     unreachable_redis = f"redis://127.0.0.1:{free_port()}/0"
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("SMTP_", "EMAIL_BACKEND"))}
+    ours = ("SMTP_", "EMAIL_BACKEND", "PORT", "SINK_PORT", "PUBLIC_BASE_URL")
+    env = {key: value for key, value in os.environ.items() if not key.startswith(ours)}
     env.update(DATABASE_URL=f"sqlite:///{run_dir / 'herald.db'}", REDIS_URL=unreachable_redis)
     api_port, sink_port = free_port(), free_port()
     output = RUN_DIR / "make-run.log"
@@ -55,7 +56,7 @@ def runner():
         wait_for(lambda: b"Herald is running" in output.read_bytes(), 60, "the runner to start")
         api = httpx.Client(base_url=f"http://127.0.0.1:{api_port}", timeout=10)
         wait_for(lambda: _answers(api), 30, "the API")
-        yield process, api, run_dir / "mail", output
+        yield process, api, sink_port, run_dir / "mail", output
     finally:
         if process.poll() is None:
             process.kill()
@@ -70,9 +71,14 @@ def _answers(api: httpx.Client) -> bool:
 
 
 def test_make_run_serves_the_demo_delivers_mail_and_survives_a_worker_crash(runner):
-    process, api, maildir, output = runner
+    """On ports moved away from the defaults: the banner and the links in the mail follow them."""
+    process, api, sink_port, maildir, output = runner
     log = output.read_text()
     assert "No Redis answered" in log and "alice@demo.herald.dev / herald-demo" in log
+    moved = f"http://localhost:{api.base_url.port}"
+    assert f"API          {moved}  (docs: {moved}/docs," in log
+    assert f"SMTP sink on 127.0.0.1:{sink_port}, each message an .eml file in {maildir}/" in log
+    assert f"email links  {moved}  (PUBLIC_BASE_URL)" in log
     private_redis = log.split("started a private one at ")[1].split()[0]
 
     def login(email: str) -> dict[str, str]:
@@ -94,6 +100,7 @@ def test_make_run_serves_the_demo_delivers_mail_and_survives_a_worker_crash(runn
         newest = max(maildir.glob("*.eml"), key=lambda path: path.name).read_bytes()
         mail = email.message_from_bytes(newest, policy=email.policy.default)
         assert mail["To"].addresses[0].addr_spec == "alice@demo.herald.dev" and status in mail["Subject"]
+        assert f"{moved}/tasks/{task['id']}" in mail.get_body(("plain",)).get_content()
 
     move_and_wait_for_mail("in_progress")
 

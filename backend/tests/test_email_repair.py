@@ -96,6 +96,8 @@ def test_cli_stats_list_retry_cancel(db, orgs, capsys):
     assert f"retried 1 email(s): {failed[0]}" in out and "not retried (no such email, or not failed" in err
     assert cli(["retry", "--all-failed"]) == 0
     assert f"retried 1 email(s): {failed[1]}" in capsys.readouterr().out
+    assert cli(["list", "--status", "failed"]) == 0
+    assert capsys.readouterr().out == "no emails match\n"
     assert cli(["cancel", str(pending)]) == 0
     assert cli(["cancel", str(pending)]) == 1
     with pytest.raises(SystemExit) as usage:

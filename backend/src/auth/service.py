@@ -106,7 +106,7 @@ def request_password_reset(session: Session, email: str) -> None:
             recipient_name=one_line(user.name),
             token=token,
             minutes=minutes,
-            confirm_url=f"{_base_url()}/api/auth/password-reset/confirm",
+            confirm_url=f"{settings.public_url}/api/auth/password-reset/confirm",
         )
         EmailService.queue_email(
             session, to_email=user.email, to_name=one_line(user.name), subject="Reset your Herald password",
@@ -131,17 +131,13 @@ def _fingerprint(password_hash: str) -> str:
     return hashlib.sha256(password_hash.encode()).hexdigest()[:32]
 
 
-def _base_url() -> str:
-    return settings.public_base_url.rstrip("/")
-
-
 def _mail_verification(session: Session, user: User) -> None:
     hours = settings.verification_token_hours
     token = create_token(user.id, "verify", timedelta(hours=hours), email=user.email)
     text, html = render(
         "verify_email",
         recipient_name=one_line(user.name),
-        link=f"{_base_url()}/api/auth/verify-email?token={token}",
+        link=f"{settings.public_url}/api/auth/verify-email?token={token}",
         hours=hours,
     )
     EmailService.queue_email(
@@ -154,7 +150,7 @@ def _mail_account_exists(session: Session, user: User) -> None:
     text, html = render(
         "account_exists",
         recipient_name=one_line(user.name),
-        reset_hint=f"POST {_base_url()}/api/auth/password-reset with your address",
+        reset_hint=f"POST {settings.public_url}/api/auth/password-reset with your address",
     )
     EmailService.queue_email(
         session, to_email=user.email, to_name=one_line(user.name),

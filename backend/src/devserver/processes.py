@@ -181,3 +181,15 @@ class SmtpSinkProcess(ManagedProcess):
 
     def is_ready(self, log_since_start: bytes) -> bool:
         return b"SMTP sink listening" in log_since_start
+
+
+class Flower(ManagedProcess):
+    """Flower as deploy/systemd runs it, through start_celery_flower.sh, on 127.0.0.1:`port`."""
+
+    def __init__(self, env: dict[str, str], logfile: Path, port: int) -> None:
+        self.port = port
+        env = {**env, "FLOWER_ADDRESS": "127.0.0.1", "FLOWER_PORT": str(port)}
+        super().__init__([str(BACKEND_DIR / "start_celery_flower.sh")], env, logfile)
+
+    def is_ready(self, log_since_start: bytes) -> bool:
+        return b"Visit me at" in log_since_start

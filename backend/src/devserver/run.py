@@ -1,12 +1,13 @@
 """`make run`: everything Herald needs, in the foreground, on the embedded defaults.
 
-Migrates, seeds the demo, then runs the API on :8000, a Celery worker and beat, and a local SMTP sink
-on :1025 (mail lands in backend/.run/mail/), each line of output prefixed by its process. Uses the Redis
-at REDIS_URL when one answers, otherwise starts a private one. A process that exits is restarted, as
-systemd would; Ctrl-C (or SIGTERM) stops everything it started.
+Migrates, seeds the demo, then runs the API on :8000 (PORT), a Celery worker and beat, and a local SMTP
+sink on :1025 (SINK_PORT; mail lands in backend/.run/mail/), each line of output prefixed by its
+process. Uses the Redis at REDIS_URL when one answers, otherwise starts a private one. A process that
+exits is restarted, as systemd would; Ctrl-C (or SIGTERM) stops everything it started.
 """
 
 import argparse
+import contextlib
 import os
 import signal
 import subprocess
@@ -92,26 +93,57 @@ def _interrupt(_signum: int, _frame: object) -> None:
 
 def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Run Herald locally: API, worker, beat, SMTP sink.")
-    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")), help="API port")
-    parser.add_argument("--sink-port", type=int, default=1025, help="port of the local SMTP sink")
+    parser.add_argument("--port", type=int, default=settings.port, help="API port (PORT)")
+    parser.add_argument(
+        "--sink-port", type=int, default=settings.sink_port, help="SMTP sink port (SINK_PORT)"
+    )
     parser.add_argument("--run-dir", type=Path, default=BACKEND_DIR / ".run", help="logs, mail, state")
     return parser.parse_args()
 
 
 def main() -> None:
+    """Ctrl-C (SIGINT, which the terminal also sends `make`) or SIGTERM, at any moment, stops what was
+    started and exits 0: a failing exit would have `make run` report an error for a normal stop."""
     args = _arguments()
     signal.signal(signal.SIGTERM, _interrupt)
+    settings.port = args.port  # the links in the mail seeded here, and in the children's (PORT below)
+    children: dict[str, Child] = {}
+    with contextlib.ExitStack() as last_stops:
+        try:
+            _start_everything(args, children, last_stops)
+            while True:
+                time.sleep(0.5)
+                for child in children.values():
+                    child.restart_if_exited()
+        except KeyboardInterrupt:
+            print("\nStopping...", flush=True)
+        finally:
+            for signum in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not cut the stop short
+                signal.signal(signum, signal.SIG_IGN)
+            _stop([child.process for child in children.values()])
+    print("Stopped.", flush=True)
+
+
+def _start_everything(
+    args: argparse.Namespace, children: dict[str, Child], last_stops: contextlib.ExitStack
+) -> None:
+    """Migrate, seed, start the processes into `children` (each as it starts, so an interrupt stops
+    those already running; a private Redis goes on `last_stops`) and print where everything is."""
     args.run_dir.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    private_redis = None
+    env = dict(os.environ, PYTHONUNBUFFERED="1", PORT=str(args.port))
     if not settings.redis_sentinel_master and not redis_answers(settings.redis_url):
         private_redis = PrivateRedis(workdir=str(args.run_dir)).start()
+        last_stops.callback(private_redis.stop)
         env["REDIS_URL"] = private_redis.url
         print(f"No Redis answered at {settings.redis_url}; started a private one at {private_redis.url}")
-    if not settings.smtp_host:
+    maildir = args.run_dir / "mail"
+    if settings.smtp_host:
+        mail = f"SMTP {settings.smtp_host}:{settings.smtp_port} (SMTP_HOST set: the sink is unused)"
+    else:
         env.update(
             SMTP_HOST="127.0.0.1", SMTP_PORT=str(args.sink_port), SMTP_USE_TLS="false", SMTP_USE_SSL="false"
         )
+        mail = f"SMTP sink on 127.0.0.1:{args.sink_port}, each message an .eml file in {maildir}/"
 
     alembic_config = Config(str(BACKEND_DIR / "alembic.ini"))
     command.upgrade(alembic_config, "head")
@@ -120,7 +152,6 @@ def main() -> None:
 
     python = sys.executable
     celery = [python, "-m", "celery", "-A", "src.celery_app"]
-    maildir = args.run_dir / "mail"
     commands = {
         "smtp": [
             python,
@@ -135,26 +166,19 @@ def main() -> None:
         "worker": [*celery, "worker", "--loglevel=info", "--concurrency=2"],
         "beat": [*celery, "beat", "--loglevel=info", "--schedule", str(args.run_dir / "celerybeat-schedule")],
     }
-    children = {name: Child(name, argv, env) for name, argv in commands.items()}
+    for name, argv in commands.items():
+        children[name] = Child(name, argv, env)
+    api = f"http://localhost:{args.port}"
     print(
-        f"\nHerald is running: API http://localhost:{args.port}/docs"
-        f" | mail sink :{args.sink_port} -> {maildir}/\n"
+        "\nHerald is running:\n"
+        f"  API          {api}  (docs: {api}/docs, live notifications: {api}/api/notifications/stream)\n"
+        f"  mail         {mail}\n"
+        f"  email links  {settings.public_url}  (PUBLIC_BASE_URL)\n"
         "Demo logins (POST /api/auth/login):\n"
         + "".join(f"  {email} / {password}\n" for email, password in logins)
         + "Ctrl-C stops everything.\n",
         flush=True,
     )
-    try:
-        while True:
-            time.sleep(0.5)
-            for child in children.values():
-                child.restart_if_exited()
-    except KeyboardInterrupt:
-        print("\nStopping...")
-    finally:
-        _stop([child.process for child in children.values()])
-        if private_redis:
-            private_redis.stop()
 
 
 if __name__ == "__main__":

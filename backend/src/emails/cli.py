@@ -32,7 +32,10 @@ def main(argv: list[str] | None = None) -> int:
             if args.limit < 1:
                 parser.error("--limit must be at least 1")
             status = EmailStatus(args.status) if args.status else None
-            for e in EmailService.listing(session, status, args.limit):
+            emails = EmailService.listing(session, status, args.limit)
+            if not emails:
+                print("no emails match")
+            for e in emails:
                 error = f"  [{e.last_error}]" if e.last_error else ""
                 tries = f"{e.attempts}/{e.max_attempts}"
                 print(f"{e.id:>8}  {e.status.value:<9} {tries}  {e.to_email}  {e.subject}{error}")

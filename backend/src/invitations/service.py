@@ -160,7 +160,7 @@ def _mail_invitation(session: Session, invitation: Invitation, org: Organization
         org_name=one_line(org.name),
         role=invitation.role.value,
         email=invitation.email,
-        invitations_url=f"{settings.public_base_url.rstrip('/')}/#/invitations",
+        invitations_url=f"{settings.public_url}/#/invitations",
         expires=invitation.expires_at.strftime("%Y-%m-%d %H:%M UTC"),
     )
     EmailService.queue_email(

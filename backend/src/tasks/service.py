@@ -184,7 +184,7 @@ def _queue_status_emails(
 ) -> None:
     """One email per recipient, in the status change's transaction; a replay queues nothing new."""
     org = session.get_one(Organization, task.org_id)
-    task_url = task_page_url(settings.public_base_url, task.id)  # a page: the API answers a browser 401
+    task_url = task_page_url(settings.public_url, task.id)  # a page: the API answers a browser 401
     # Every piece of user text on one line of its own: a newline in a title would forge lines of
     # the plain-text body, and invisible bidi characters would reorder what the reader sees.
     actor_name, task_title, org_name = one_line(actor.name), one_line(task.title, 300), one_line(org.name)
