@@ -1,119 +1,286 @@
-"""`make bench-api`: N simultaneous status changes on one API process, against a read in the same run.
+"""`make bench-api`: status changes at a paced rate against the 2-core deployment, reads as the baseline.
 
-Every task has an assignee, a reporter and two watchers, so each change writes its event, four emails
-and four notifications. The baseline is N simultaneous `GET /api/tasks/{id}` on the same process
-(authentication, one query, the same HTTP stack), so the ratio says what a change costs beyond the
-floor of serving a request here, whatever the machine. Three rounds of each; medians are reported,
-with the API process's CPU per request. The last line printed is one JSON object.
+One API deployment as deploy/systemd runs it on 2 cores (uvicorn `--workers 2`), a real Celery worker
+and beat, the SMTP sink in its own process. Every task has a reporter, an assignee and a watcher, and
+changes come round robin from the owner and those three, so each queues 2-3 emails and notifications.
+Open loop, as users are: request k is due at start + k/rate whatever earlier ones are doing, and its
+latency counts from then, so a stall is not hidden by the client waiting (no coordinated omission).
+1. reads (`GET /api/tasks/{id}`: authentication, one query, the same HTTP stack) at the offered rate:
+   the same-run baseline, since machines differ ~3x while ratios hold;
+2. status changes at the offered rate (default 100/s) for the same duration;
+3. status changes ramped (x1.25 every STEP_SECONDS) until p99 passes P99_BOUND_MS or errors appear:
+   `max_requests_per_s` is the fastest step served within the bound;
+then waits for every email and checks each expected one reached the sink exactly once.
+The last line printed is one JSON object.
 """
 
 import argparse
 import asyncio
 import json
-import statistics
 import time
 from contextlib import ExitStack
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
 import httpx
+import psutil
+import uvloop
 
-from benchmarks.common import percentile, prepare
+from benchmarks.common import percentile, prepare, read_journal, start_sink
 
-ROUNDS = 3
 STATUSES = ("in_progress", "in_review", "done")
+MAX_IN_FLIGHT = 1000  # past this an offer is shed and counted as an error: the client's own bound
+P99_BOUND_MS = 100.0  # max_requests_per_s: the fastest rate whose p99 stays within twice the target
+STEP_SECONDS = 5.0
+RAMP = 1.25
+DRAIN_SECONDS = 120
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / 100  # utime + stime, in clock ticks
+@dataclass
+class Run:
+    """One open-loop run: per request, (due time, seconds from due to answer); non-200s and shed offers."""
+
+    rate: float
+    started: float
+    seconds: float
+    latencies: list[tuple[float, float]]
+    errors: int
+    cpu_s: float
+
+    def p(self, fraction: float) -> float:
+        return round(percentile([s for _, s in self.latencies], fraction) * 1000, 1)
+
+    @property
+    def served_per_s(self) -> float:
+        return round(len(self.latencies) / self.seconds, 1)
 
 
-def seed(n: int) -> tuple[str, list[int]]:
-    """A team of five and n watched tasks; (the owner's token, task ids)."""
+class Deployment:
+    """The API processes' CPU time (uvicorn's supervisor and its workers): what a request costs here."""
+
+    def __init__(self, pid: int) -> None:
+        self.root = psutil.Process(pid)
+
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.root.children(recursive=True)]
+
+    def cpu_seconds(self) -> float:
+        total = 0.0
+        for process in [self.root, *self.root.children(recursive=True)]:
+            times = process.cpu_times()
+            total += times.user + times.system
+        return total
+
+
+def seed(n: int) -> tuple[list[str], list[int], set[int]]:
+    """Owner, reporter, assignee and watcher, all confirmed, and n tasks; (their tokens, task ids, the ids
+    of the three who hear of a change)."""
     from src.auth.models import User
     from src.auth.security import create_token
-    from src.db import SessionLocal
+    from src.db import SessionLocal, utcnow
     from src.orgs.models import Membership, Organization, Role
     from src.tasks.models import Task
 
     with SessionLocal() as session:
-        users = [User(email=f"u{i}@bench.example", name=f"User {i}", password_hash="-") for i in range(5)]
+        users = [
+            User(email=f"u{i}@bench.example", name=f"User {i}", password_hash="-", email_verified_at=utcnow())
+            for i in range(4)
+        ]
         org = Organization(name="Bench")
         session.add_all([*users, org])
         session.flush()
-        roles = [Role.owner, *[Role.member] * 4]
+        roles = [Role.owner, *[Role.member] * 3]
         session.add_all(
             Membership(org_id=org.id, user_id=u.id, role=r) for u, r in zip(users, roles, strict=True)
         )
         tasks = [
             Task(org_id=org.id, title=f"Task {i}", description="", reporter_id=users[1].id,
-                 assignee_id=users[2].id, watchers=users[3:])
+                 assignee_id=users[2].id, watchers=[users[3]])
             for i in range(n)
         ]  # fmt: skip
         session.add_all(tasks)
         session.commit()
-        return create_token(users[0].id, "access", timedelta(hours=1)), [t.id for t in tasks]
+        tokens = [create_token(u.id, "access", timedelta(hours=2)) for u in users]
+        return tokens, [t.id for t in tasks], {u.id for u in users[1:]}
 
 
-async def burst(url: str, token: str, requests: list[tuple[str, str, dict | None]]) -> list[float]:
-    """All requests at once; the seconds each took. Any answer but 200 fails the benchmark."""
-    limits = httpx.Limits(max_connections=len(requests))
-    headers = {"Authorization": f"Bearer {token}"}
-    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits, headers=headers) as client:
+class Load:
+    """Paced requests over one connection pool; `sent` numbers changes across runs, so the k-th change of
+    a task always moves it to a status other than its current one."""
 
-        async def one(method: str, path: str, body: dict | None) -> float:
-            started = time.monotonic()
-            response = await client.request(method, path, json=body)
-            if response.status_code != 200:
-                raise RuntimeError(f"{method} {path}: {response.status_code} {response.text}")
-            return time.monotonic() - started
+    def __init__(self, client: httpx.AsyncClient, tokens: list[str], task_ids: list[int], api: Deployment):
+        self.client, self.tokens, self.task_ids, self.api = client, tokens, task_ids, api
+        self.sent = 0
 
-        return await asyncio.gather(*(one(*request) for request in requests))
+    def request(self, change: bool) -> tuple[str, str, dict | None, dict[str, str]]:
+        k, n = self.sent, len(self.task_ids)
+        self.sent += 1
+        headers = {"Authorization": f"Bearer {self.tokens[k % len(self.tokens)]}"}
+        body = {"status": STATUSES[(k // n) % len(STATUSES)]} if change else None
+        return ("PATCH" if change else "GET"), f"/api/tasks/{self.task_ids[k % n]}", body, headers
+
+    async def run(self, rate: float, seconds: float, change: bool) -> Run:
+        latencies: list[tuple[float, float]] = []
+        errors = 0
+        in_flight: set[asyncio.Task[None]] = set()
+
+        async def one(due: float, method: str, path: str, body: dict | None, headers: dict[str, str]) -> None:
+            nonlocal errors
+            try:
+                reply = await self.client.request(method, path, json=body, headers=headers)
+                ok = reply.status_code == 200
+            except httpx.HTTPError:
+                ok = False
+            if ok:
+                latencies.append((due, time.time() - due))
+            else:
+                errors += 1
+
+        cpu_before, started = self.api.cpu_seconds(), time.time()
+        count = int(rate * seconds)
+        for i in range(count):
+            due = started + i / rate
+            await asyncio.sleep(max(0.0, due - time.time()))
+            if len(in_flight) >= MAX_IN_FLIGHT:
+                errors += 1
+                continue
+            job = asyncio.create_task(one(due, *self.request(change)))
+            in_flight.add(job)
+            job.add_done_callback(in_flight.discard)
+        await asyncio.gather(*in_flight)
+        elapsed = max(seconds, time.time() - started)
+        await asyncio.sleep(0.5)  # the relay's after-commit work belongs to this run
+        return Run(rate, started, elapsed, latencies, errors, self.api.cpu_seconds() - cpu_before)
+
+
+def report(kind: str, run: Run) -> None:
+    print(
+        f"{kind:6} {run.rate:6.0f}/s offered: served {run.served_per_s}/s, p50 {run.p(0.5)} ms, "
+        f"p99 {run.p(0.99)} ms, {run.errors} errors, API CPU {cpu_ms(run)} ms per request",
+        flush=True,
+    )
+
+
+def cpu_ms(run: Run) -> float:
+    return round(run.cpu_s / max(1, len(run.latencies)) * 1000, 2)
+
+
+async def measure(url: str, api: Deployment, tokens: list[str], task_ids: list[int], rate: float,
+                  seconds: float) -> tuple[Run, Run, list[Run]]:  # fmt: skip
+    limits = httpx.Limits(max_connections=MAX_IN_FLIGHT, max_keepalive_connections=MAX_IN_FLIGHT)
+    async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as client:
+        load = Load(client, tokens, task_ids, api)
+        await load.run(rate, 2, change=False)  # warm-up: connections, caches
+        read = await load.run(rate, seconds, change=False)
+        report("read", read)
+        change = await load.run(rate, seconds, change=True)
+        report("change", change)
+        steps, step_rate = [], rate / 2
+        while True:
+            step = await load.run(step_rate, STEP_SECONDS, change=True)
+            steps.append(step)
+            report("ramp", step)
+            if step.errors or step.p(0.99) > P99_BOUND_MS:
+                return read, change, steps
+            step_rate *= RAMP
+
+
+def deliveries(journal: Path, expected: dict[str, str], deadline: float) -> tuple[list[dict], int]:
+    """Wait until every expected Message-ID reached the sink (or the deadline); (journal, missing)."""
+    while True:
+        received = read_journal(journal)
+        missing = len(set(expected.values()) - {r["message_id"] for r in received})
+        if not missing or time.time() > deadline:
+            return received, missing
+        time.sleep(0.5)
+
+
+def expected_emails(audience: set[int]) -> tuple[dict[str, str], int]:
+    """Per status change committed, one email per audience member but its actor: (dedupe key -> Message-ID
+    of the row queued for it, keys with no row)."""
+    from sqlalchemy import select
+
+    from src.db import SessionLocal
+    from src.emails.models import EmailQueue
+    from src.tasks.models import TaskEvent
+
+    with SessionLocal() as session:
+        events = session.execute(
+            select(TaskEvent.id, TaskEvent.actor_id).where(TaskEvent.kind == "status_changed")
+        )
+        keys = {f"task-event:{e}:user:{u}" for e, actor in events for u in audience - {actor}}
+        rows = {
+            key: message_id
+            for key, message_id in session.execute(select(EmailQueue.dedupe_key, EmailQueue.message_id))
+        }
+    return {key: rows[key] for key in keys if key in rows}, len(keys - rows.keys())
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=60, help="simultaneous requests (60)")
+    parser.add_argument("--n", type=int, default=200, help="tasks changed round robin (200)")
+    parser.add_argument(
+        "--rate", type=float, default=100, help="offered changes (and reads) per second (100)"
+    )
+    parser.add_argument("--duration", type=float, default=20, help="seconds of each offered run (20)")
     parser.add_argument("--database", choices=["postgresql", "sqlite"], default="postgresql")
+    parser.add_argument("--http", choices=["h11", "httptools"], default="h11", help="uvicorn's parser (h11)")
     args = parser.parse_args()
     with ExitStack() as stack:
         workdir, _url = prepare(stack, args.database)
-        from src.devserver.processes import ApiServer
+        port, journal = start_sink(stack, workdir)
+        from src.devserver.processes import ApiServer, CeleryBeat, CeleryWorker
         from src.devserver.redis_server import free_port
 
-        api = ApiServer({}, workdir / "api.log", free_port()).start()
-        stack.callback(api.stop)
-        assert api.process is not None
-        token, task_ids = seed(args.n)
-        results: dict[str, list[dict[str, float]]] = {"read": [], "change": []}
-        for round_number in range(ROUNDS):
-            status = STATUSES[round_number % len(STATUSES)]
-            for kind, requests in (
-                ("read", [("GET", f"/api/tasks/{i}", None) for i in task_ids]),
-                ("change", [("PATCH", f"/api/tasks/{i}", {"status": status}) for i in task_ids]),
-            ):
-                cpu_before = cpu_seconds(api.process.pid)
-                seconds = asyncio.run(burst(api.url, token, requests))
-                time.sleep(0.5)  # the relay's after-commit work belongs to this burst
-                cpu_ms = (cpu_seconds(api.process.pid) - cpu_before) / args.n * 1000
-                stats = {"p50_s": percentile(seconds, 0.5), "max_s": max(seconds), "cpu_ms": cpu_ms}
-                results[kind].append(stats)
-                print(
-                    f"round {round_number + 1} {kind:6}: "
-                    + ", ".join(f"{k} {v:.3f}" for k, v in stats.items())
-                )
-
-    def median(kind: str, key: str) -> float:
-        return round(statistics.median(r[key] for r in results[kind]), 3)
-
+        env = {"SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(port), "SMTP_USE_TLS": "false"}
+        children = [
+            ApiServer(env, workdir / "api.log", free_port(), "--workers=2", f"--http={args.http}"),
+            CeleryWorker(env, workdir / "worker.log", concurrency=2),
+            CeleryBeat(env, workdir / "beat.log", workdir / "beat-schedule"),
+        ]
+        for child in children:
+            child.start(timeout=60)
+            stack.callback(child.stop)
+        api_server = children[0]
+        assert isinstance(api_server, ApiServer) and api_server.process is not None
+        api = Deployment(api_server.process.pid)
+        api_processes = len(api.pids())
+        print("API processes:", api.root.pid, api.pids(), flush=True)
+        tokens, task_ids, audience = seed(args.n)
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            read, change, steps = runner.run(
+                measure(api_server.url, api, tokens, task_ids, args.rate, args.duration)
+            )
+        expected, not_queued = expected_emails(audience)
+        received, missing = deliveries(journal, expected, time.time() + DRAIN_SECONDS)
+    seen: dict[str, int] = {}
+    for record in received:
+        seen[record["message_id"]] = seen.get(record["message_id"], 0) + 1
+    within = [s for s in steps if not s.errors and s.p(0.99) <= P99_BOUND_MS]
+    last_at = max((r["at"] for r in received), default=change.started)
     summary = {
-        "n": args.n,
         "database": args.database,
-        **{f"{kind}_{key}": median(kind, key) for kind in results for key in ("p50_s", "max_s", "cpu_ms")},
+        "http": args.http,
+        "api_processes": api_processes,
+        "offered_per_s": args.rate,
+        "requests_per_s": change.served_per_s,
+        "p50_ms": change.p(0.5),
+        "p99_ms": change.p(0.99),
+        "errors": change.errors,
+        "read_p50_ms": read.p(0.5),
+        "read_p99_ms": read.p(0.99),
+        "change_over_read_p99": round(change.p(0.99) / read.p(0.99), 2),
+        "change_cpu_ms": cpu_ms(change),
+        "read_cpu_ms": cpu_ms(read),
+        "change_over_read_cpu": round(cpu_ms(change) / cpu_ms(read), 2),
+        "max_requests_per_s": max((s.served_per_s for s in within), default=0.0),
+        "max_p99_bound_ms": P99_BOUND_MS,
+        "emails": len(expected) + not_queued,
+        "emails_per_s": round(len(expected) / max(last_at - change.started, 1e-9), 1),
+        "lost": missing + not_queued,
+        "duplicates": sum(count - 1 for count in seen.values()),
     }
-    summary["change_over_read_max"] = round(summary["change_max_s"] / summary["read_max_s"], 2)
-    summary["change_over_read_cpu"] = round(summary["change_cpu_ms"] / summary["read_cpu_ms"], 2)
     print(json.dumps(summary))
 
 
