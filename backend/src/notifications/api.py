@@ -154,8 +154,10 @@ async def websocket_stream(websocket: WebSocket, since: StreamPosition = None) -
     async def send_events() -> str | None:
         """The reason the stream was closed for, if it was (the last event says it)."""
         event: dict[str, Any] = {}
-        async for event in live.events(websocket.app.state.hub, user_id, since):
-            await asyncio.wait_for(websocket.send_json(event), settings.live_send_timeout)
+        async for batch in live.events(websocket.app.state.hub, user_id, since):
+            for event in batch:
+                async with asyncio.timeout(settings.live_send_timeout):
+                    await websocket.send_text(live.event_json(event))
         return event["data"]["reason"] if event.get("event") == "closed" else None
 
     async def watch_for_close() -> None:
