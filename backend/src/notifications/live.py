@@ -26,6 +26,7 @@ from types import FrameType
 from typing import Any
 
 import redis
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from src import outages
@@ -222,8 +223,8 @@ class LiveHub:
 
     # --- subscribers ---------------------------------------------------------------------------
 
-    def subscribe(self, user_id: int, org_ids: set[int]) -> Subscriber:
-        subscriber = Subscriber(user_id, frozenset(org_ids))
+    def subscribe(self, user_id: int, org_ids: frozenset[int]) -> Subscriber:
+        subscriber = Subscriber(user_id, org_ids)
         if self._draining:
             subscriber.close()
         self.by_user.setdefault(user_id, set()).add(subscriber)
@@ -292,9 +293,20 @@ def _published_since(after_seq: int) -> list[tuple[int | None, dict[str, Any]]]:
         return NotificationService.published_since(session, after_seq)
 
 
-def _user_org_ids(user_id: int) -> set[int]:
-    with SessionLocal() as session:
-        return member_org_ids(session, user_id)
+@dataclass(frozen=True)
+class StreamStart:
+    """What a stream starts from, read in the same database visit that authenticates it: one
+    thread-pool hop and one session per connection instead of three."""
+
+    user_id: int
+    org_ids: frozenset[int]
+    unread: int
+    watermark: int  # the highest seq given out when `unread` was counted
+
+
+def stream_start(session: Session, user_id: int) -> StreamStart:
+    unread, watermark = NotificationService.unread_snapshot(session, user_id)
+    return StreamStart(user_id, frozenset(member_org_ids(session, user_id)), unread, watermark)
 
 
 def to_json(data: Any) -> str:
@@ -309,7 +321,7 @@ def event_json(event: dict[str, Any]) -> str:
     return f'{head[:-1]},"data":{event.get("json") or to_json(event["data"])}}}'
 
 
-async def events(hub: LiveHub, user_id: int, since: int | None) -> AsyncIterator[list[dict[str, Any]]]:
+async def events(hub: LiveHub, start: StreamStart, since: int | None) -> AsyncIterator[list[dict[str, Any]]]:
     """The event stream of one client, shared by SSE and WebSocket, in batches sent together.
 
     Yields {"event": "notification", "id": seq, "data": {...}, "json": data encoded}, {"event":
@@ -317,10 +329,13 @@ async def events(hub: LiveHub, user_id: int, since: int | None) -> AsyncIterator
     the client must reconnect (it fell behind, or the server is shutting down). A notification and
     the count it changes come in one batch: one write to the client instead of two.
     """
-    subscriber = hub.subscribe(user_id, await run_in_threadpool(_user_org_ids, user_id))
+    user_id, unread, watermark = start.user_id, start.unread, start.watermark
+    subscriber = hub.subscribe(user_id, start.org_ids)
+    # The snapshot was taken before subscribing: what the hub dispatched after it (up to here) never
+    # reaches this subscriber, so it is replayed from the database below, as a resuming client's is.
+    dispatched_before = hub.cursor
     try:
         await hub.limit_streams(subscriber)
-        unread, watermark = await run_in_threadpool(_unread_snapshot, user_id)
         counted_after_watermark: set[int] = set()
         sent_up_to = since if since is not None else watermark
 
@@ -336,7 +351,7 @@ async def events(hub: LiveHub, user_id: int, since: int | None) -> AsyncIterator
         # Carrying an id, so even a client that gets no notification before it reconnects resumes
         # from here (EventSource sends it back as Last-Event-ID) instead of from "now".
         yield [{"event": "unread_count", "id": sent_up_to, "data": {"count": unread}}]
-        if since is not None:  # replay what the client missed, page by page
+        if since is not None or dispatched_before > watermark:  # replay what was missed, page by page
             while True:
                 missed = await run_in_threadpool(_missed, user_id, sent_up_to)
                 if not missed:
