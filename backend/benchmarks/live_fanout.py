@@ -97,6 +97,10 @@ async def measure(n: int, port: int, pid: int, tokens: list[str], publish: Publi
         "p50_ms": round(percentile(latencies, 0.5), 1),
         "p99_ms": round(percentile(latencies, 0.99), 1),
         "max_ms": round(max(latencies, default=float("nan")), 1),
+        "p99_ms_by_round": [  # a slow first round (or a pause) shows here, not in the overall p99
+            round(percentile([(c.received[t] - at) * 1000 for c in clients if t in c.received], 0.99), 1)
+            for t, at in published.items()
+        ],
         # The second half's growth: what one more idle connection costs, once the process is warm
         # (thread pool, database pool and caches filled by the first half).
         "kb_per_connection": round((rss[2] - rss[1]) / (n - half), 1),
