@@ -2,13 +2,18 @@
 
 Each client is a real HTTP connection to a real uvicorn process, authenticated with its own stream
 token. We measure from the broadcast's commit (after which it is published) to each client's receipt,
-and the API process's memory growth per idle connection. The last line printed is one JSON object.
+the API process's memory growth per idle connection and how fast streams connect. The same clients
+first measure the floor, benchmarks.live_floor (a bare server writing one pre-encoded event to every
+connection), so Herald's figures come with the machine's own beside them. The last line printed is
+one JSON object.
 """
 
 import argparse
 import asyncio
 import json
+import sys
 import time
+from collections.abc import Awaitable, Callable
 from contextlib import ExitStack
 from datetime import timedelta
 from pathlib import Path
@@ -16,6 +21,7 @@ from pathlib import Path
 from benchmarks.common import percentile, prepare
 
 ROUNDS = 5
+Publish = Callable[[str], Awaitable[float]]  # sends a broadcast with this title; returns when it left
 
 
 def rss_kb(pid: int) -> int:
@@ -52,35 +58,28 @@ class Client:
             writer.close()
 
 
-async def measure(n: int, port: int, pid: int, tokens: list[str], org_id: int) -> dict:
-    from src.db import SessionLocal
-    from src.notifications.service import NotificationService
-
+async def measure(n: int, port: int, pid: int, tokens: list[str], publish: Publish) -> dict:
+    """Connect N clients (in two halves, to see what one more idle connection costs), broadcast ROUNDS
+    times, and time each receipt from the moment `publish` says the broadcast left."""
     clients = [Client(port, token) for token in tokens]
     half = n // 2
     rss = [rss_kb(pid)]
     tasks: list[asyncio.Task[None]] = []
-    started = time.monotonic()
+    connect_s = 0.0
     for group in (clients[:half], clients[half:]):
+        started = time.monotonic()
         tasks += [asyncio.create_task(c.run()) for c in group]
         for client in group:
-            await asyncio.wait_for(client.subscribed.wait(), 120)
+            await asyncio.wait_for(client.subscribed.wait(), 300)
+        connect_s += time.monotonic() - started
         await asyncio.sleep(2)  # let the connections go idle
         rss.append(rss_kb(pid))
-    connect_s = time.monotonic() - started
 
     published: dict[str, float] = {}
     for round_number in range(ROUNDS):
         title = f"broadcast {round_number}"
-
-        def broadcast(title: str = title) -> None:
-            with SessionLocal() as session:
-                NotificationService.broadcast(session, org_id, "announcement", title)
-                published[title] = time.time()
-                session.commit()  # publishes after commit
-
-        await asyncio.to_thread(broadcast)
-        deadline = time.monotonic() + 30
+        published[title] = await publish(title)
+        deadline = time.monotonic() + 60
         while sum(title in c.received for c in clients) < n and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         await asyncio.sleep(0.5)
@@ -94,19 +93,47 @@ async def measure(n: int, port: int, pid: int, tokens: list[str], org_id: int) -
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     return {
-        "clients": n,
-        "broadcasts": ROUNDS,
         "received": len(latencies),
-        "expected": n * ROUNDS,
         "p50_ms": round(percentile(latencies, 0.5), 1),
         "p99_ms": round(percentile(latencies, 0.99), 1),
         "max_ms": round(max(latencies, default=float("nan")), 1),
+        "p99_ms_by_round": [  # a slow first round (or a pause) shows here, not in the overall p99
+            round(percentile([(c.received[t] - at) * 1000 for c in clients if t in c.received], 0.99), 1)
+            for t, at in published.items()
+        ],
         # The second half's growth: what one more idle connection costs, once the process is warm
         # (thread pool, database pool and caches filled by the first half).
         "kb_per_connection": round((rss[2] - rss[1]) / (n - half), 1),
         "kb_per_connection_incl_warmup": round((rss[2] - rss[0]) / n, 1),
         "connect_s": round(connect_s, 2),
+        "connects_per_s": round(n / connect_s),
     }
+
+
+async def measure_floor(n: int, workdir: Path) -> dict:
+    """The same clients against benchmarks.live_floor, in its own process, on its own port."""
+    from src.devserver.redis_server import free_port
+
+    port = free_port()
+    with (workdir / "floor.log").open("wb") as log:
+        floor = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "benchmarks.live_floor", str(port),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=log,
+        )  # fmt: skip
+    assert floor.stdin is not None and floor.stdout is not None
+    await floor.stdout.readline()  # "floor ready"
+
+    async def publish(title: str) -> float:
+        sent = time.time()
+        floor.stdin.write(f"{title}\n".encode())
+        await floor.stdin.drain()
+        return sent
+
+    try:
+        return await measure(n, port, floor.pid, [""] * n, publish)
+    finally:
+        floor.stdin.close()
+        await floor.wait()
 
 
 def run(n: int, database: str) -> dict:
@@ -117,6 +144,7 @@ def run(n: int, database: str) -> dict:
         from src.db import SessionLocal
         from src.devserver.processes import ApiServer
         from src.devserver.redis_server import free_port
+        from src.notifications.service import NotificationService
         from src.orgs.models import Membership, Organization, Role
 
         with SessionLocal() as session:
@@ -134,11 +162,42 @@ def run(n: int, database: str) -> dict:
             tokens = [create_token(u.id, "stream", timedelta(minutes=30)) for u in users]
             org_id = org.id
 
-        api = ApiServer({"DATABASE_URL": url}, workdir / "api.log", free_port()).start()
+        floor = asyncio.run(measure_floor(n, workdir))
+        # One stream per user, so STREAMS_PER_USER never closes one; uvicorn's connection cap (2,000 in
+        # deployment, where a proxy spreads clients over processes) is lifted for the N streams.
+        api = ApiServer(
+            {"DATABASE_URL": url}, workdir / "api.log", free_port(), f"--limit-concurrency={n + 100}"
+        ).start()
         stack.callback(api.stop)
         assert api.process is not None
-        result = asyncio.run(measure(n, api.port, api.process.pid, tokens, org_id))
-        return {**result, "database": database}
+
+        async def publish(title: str) -> float:
+            def broadcast() -> float:
+                with SessionLocal() as session:
+                    NotificationService.broadcast(session, org_id, "announcement", title)
+                    committed = time.time()
+                    session.commit()  # publishes after commit
+                    return committed
+
+            return await asyncio.to_thread(broadcast)
+
+        herald = asyncio.run(measure(n, api.port, api.process.pid, tokens, publish))
+        return {
+            "clients": n,
+            "broadcasts": ROUNDS,
+            "expected": n * ROUNDS,
+            "all_received": herald["received"] == floor["received"] == n * ROUNDS,
+            "p99_ms": herald["p99_ms"],
+            "floor_p99_ms": floor["p99_ms"],
+            "p99_vs_floor": round(herald["p99_ms"] / floor["p99_ms"], 2),
+            "connects_per_s": herald["connects_per_s"],
+            "floor_connects_per_s": floor["connects_per_s"],
+            "kb_per_connection": herald["kb_per_connection"],
+            "floor_kb_per_connection": floor["kb_per_connection"],
+            "herald": herald,
+            "floor": floor,
+            "database": database,
+        }
 
 
 def main() -> None:

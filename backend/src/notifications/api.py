@@ -97,16 +97,19 @@ def _query_token(query_string: bytes) -> str | None:
     return None
 
 
-def _stream_user(authorization: str | None, query_string: bytes) -> int:
-    """The streaming user: an access token in the header, or a stream token in the query (`?token=`).
+def _stream_start(authorization: str | None, query_string: bytes) -> live.StreamStart:
+    """The streaming user (an access token in the header, or a stream token in the query, `?token=`)
+    and what their stream starts from.
 
     Uses its own short session: a stream lives for hours and must not hold a connection.
     """
     token = _query_token(query_string)
     with SessionLocal() as session:
         if authorization and authorization.lower().startswith("bearer "):
-            return user_from_token(session, authorization[7:].strip()).id
-        return user_from_token(session, token, purpose="stream").id
+            user = user_from_token(session, authorization[7:].strip())
+        else:
+            user = user_from_token(session, token, purpose="stream")
+        return live.stream_start(session, user.id)
 
 
 StreamPosition = Annotated[int | None, Query(ge=0, le=MAX_SEQ)]
@@ -130,9 +133,9 @@ async def stream(
 ) -> EventStream:
     """Server-Sent Events: `notification` (id = seq) and `unread_count`; send Last-Event-ID to resume.
     Authenticated by `?token=` (a stream token) or an `Authorization` header."""
-    user_id = await run_in_threadpool(_stream_user, authorization, request.scope["query_string"])
+    start = await run_in_threadpool(_stream_start, authorization, request.scope["query_string"])
     return EventStream(
-        live.events(request.app.state.hub, user_id, _since(last_event_id, since)), settings.live_send_timeout
+        live.events(request.app.state.hub, start, _since(last_event_id, since)), settings.live_send_timeout
     )
 
 
@@ -143,8 +146,8 @@ ws_router = APIRouter(tags=["notifications"])
 async def websocket_stream(websocket: WebSocket, since: StreamPosition = None) -> None:
     """The same events as the SSE stream, as JSON text frames; `?since=` resumes, `?token=` authenticates."""
     try:
-        user_id = await run_in_threadpool(
-            _stream_user, websocket.headers.get("authorization"), websocket.scope["query_string"]
+        start = await run_in_threadpool(
+            _stream_start, websocket.headers.get("authorization"), websocket.scope["query_string"]
         )
     except HTTPException as exc:  # unauthorized: refuse the handshake
         await websocket.send_denial_response(JSONResponse({"detail": exc.detail}, exc.status_code))
@@ -154,8 +157,10 @@ async def websocket_stream(websocket: WebSocket, since: StreamPosition = None) -
     async def send_events() -> str | None:
         """The reason the stream was closed for, if it was (the last event says it)."""
         event: dict[str, Any] = {}
-        async for event in live.events(websocket.app.state.hub, user_id, since):
-            await asyncio.wait_for(websocket.send_json(event), settings.live_send_timeout)
+        async for batch in live.events(websocket.app.state.hub, start, since):
+            for event in batch:
+                async with asyncio.timeout(settings.live_send_timeout):
+                    await websocket.send_text(live.event_json(event))
         return event["data"]["reason"] if event.get("event") == "closed" else None
 
     async def watch_for_close() -> None:
@@ -169,7 +174,7 @@ async def websocket_stream(websocket: WebSocket, since: StreamPosition = None) -
     await asyncio.gather(*done, *pending, return_exceptions=True)
     if sender in done:
         if not sender.cancelled() and sender.exception() is not None:
-            log.warning("websocket stream of user %s ended: %r", user_id, sender.exception())
+            log.warning("websocket stream of user %s ended: %r", start.user_id, sender.exception())
         reason = None if sender.cancelled() or sender.exception() else sender.result()
         with contextlib.suppress(WebSocketDisconnect, RuntimeError):
             if reason:  # policy violation: do not reconnect

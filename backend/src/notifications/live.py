@@ -26,6 +26,7 @@ from types import FrameType
 from typing import Any
 
 import redis
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from src import outages
@@ -212,14 +213,18 @@ class LiveHub:
         targets = (
             self.by_user.get(recipient_id, ()) if recipient_id else self.by_org.get(payload["org_id"], ())
         )
-        event = {"kind": "notification", "notification": payload}
+        if not targets:
+            return
+        # Encoded here, once for all its subscribers: per subscriber, JSON-encoding it was the largest
+        # part of a broadcast's cost.
+        event = {"kind": "notification", "notification": payload, "json": to_json(payload)}
         for subscriber in targets:
             subscriber.offer(event)
 
     # --- subscribers ---------------------------------------------------------------------------
 
-    def subscribe(self, user_id: int, org_ids: set[int]) -> Subscriber:
-        subscriber = Subscriber(user_id, frozenset(org_ids))
+    def subscribe(self, user_id: int, org_ids: frozenset[int]) -> Subscriber:
+        subscriber = Subscriber(user_id, org_ids)
         if self._draining:
             subscriber.close()
         self.by_user.setdefault(user_id, set()).add(subscriber)
@@ -288,28 +293,55 @@ def _published_since(after_seq: int) -> list[tuple[int | None, dict[str, Any]]]:
         return NotificationService.published_since(session, after_seq)
 
 
-def _user_org_ids(user_id: int) -> set[int]:
-    with SessionLocal() as session:
-        return member_org_ids(session, user_id)
+@dataclass(frozen=True)
+class StreamStart:
+    """What a stream starts from, read in the same database visit that authenticates it: one
+    thread-pool hop and one session per connection instead of three."""
+
+    user_id: int
+    org_ids: frozenset[int]
+    unread: int
+    watermark: int  # the highest seq given out when `unread` was counted
 
 
-async def events(hub: LiveHub, user_id: int, since: int | None) -> AsyncIterator[dict[str, Any]]:
-    """The event stream of one client, shared by SSE and WebSocket.
+def stream_start(session: Session, user_id: int) -> StreamStart:
+    unread, watermark = NotificationService.unread_snapshot(session, user_id)
+    return StreamStart(user_id, frozenset(member_org_ids(session, user_id)), unread, watermark)
 
-    Yields {"event": "notification", "id": seq, "data": {...}}, {"event": "unread_count", "data":
-    {"count": n}} and {"event": "ping"} every LIVE_PING_SECONDS; ends when the client must
-    reconnect (it fell behind, or the server is shutting down).
+
+def to_json(data: Any) -> str:
+    return json.dumps(data, separators=(",", ":"))  # one line: JSON never contains a newline
+
+
+def event_json(event: dict[str, Any]) -> str:
+    """An event as one JSON object (a WebSocket frame), reusing its data's encoding when it has one."""
+    head = to_json({k: v for k, v in event.items() if k not in ("data", "json")})
+    if "data" not in event:
+        return head
+    return f'{head[:-1]},"data":{event.get("json") or to_json(event["data"])}}}'
+
+
+async def events(hub: LiveHub, start: StreamStart, since: int | None) -> AsyncIterator[list[dict[str, Any]]]:
+    """The event stream of one client, shared by SSE and WebSocket, in batches sent together.
+
+    Yields {"event": "notification", "id": seq, "data": {...}, "json": data encoded}, {"event":
+    "unread_count", "data": {"count": n}} and {"event": "ping"} every LIVE_PING_SECONDS; ends when
+    the client must reconnect (it fell behind, or the server is shutting down). A notification and
+    the count it changes come in one batch: one write to the client instead of two.
     """
-    subscriber = hub.subscribe(user_id, await run_in_threadpool(_user_org_ids, user_id))
+    user_id, unread, watermark = start.user_id, start.unread, start.watermark
+    subscriber = hub.subscribe(user_id, start.org_ids)
+    # The snapshot was taken before subscribing: what the hub dispatched after it (up to here) never
+    # reaches this subscriber, so it is replayed from the database below, as a resuming client's is.
+    dispatched_before = hub.cursor
     try:
         await hub.limit_streams(subscriber)
-        unread, watermark = await run_in_threadpool(_unread_snapshot, user_id)
         counted_after_watermark: set[int] = set()
         sent_up_to = since if since is not None else watermark
 
-        def deliver(payload: dict[str, Any]) -> list[dict[str, Any]]:
+        def deliver(payload: dict[str, Any], encoded: str | None = None) -> list[dict[str, Any]]:
             nonlocal unread
-            out = [{"event": "notification", "id": payload["seq"], "data": payload}]
+            out = [{"event": "notification", "id": payload["seq"], "data": payload, "json": encoded}]
             if payload["seq"] > watermark and payload["seq"] not in counted_after_watermark:
                 counted_after_watermark.add(payload["seq"])
                 unread += 1
@@ -318,21 +350,21 @@ async def events(hub: LiveHub, user_id: int, since: int | None) -> AsyncIterator
 
         # Carrying an id, so even a client that gets no notification before it reconnects resumes
         # from here (EventSource sends it back as Last-Event-ID) instead of from "now".
-        yield {"event": "unread_count", "id": sent_up_to, "data": {"count": unread}}
-        if since is not None:  # replay what the client missed, page by page
+        yield [{"event": "unread_count", "id": sent_up_to, "data": {"count": unread}}]
+        if since is not None or dispatched_before > watermark:  # replay what was missed, page by page
             while True:
                 missed = await run_in_threadpool(_missed, user_id, sent_up_to)
                 if not missed:
                     break
                 for payload in missed:
                     sent_up_to = payload["seq"]
-                    for event in deliver(payload):
-                        yield event
+                    yield deliver(payload)
         while not (subscriber.lagging or subscriber.closing):
-            try:
-                message = await asyncio.wait_for(subscriber.queue.get(), settings.live_ping_seconds)
+            try:  # asyncio.timeout, not wait_for: that costs a task per call (Python 3.11)
+                async with asyncio.timeout(settings.live_ping_seconds):
+                    message = await subscriber.queue.get()
             except TimeoutError:
-                yield {"event": "ping"}
+                yield [{"event": "ping"}]
                 continue
             if subscriber.lagging or message["kind"] == "close":
                 break
@@ -341,15 +373,14 @@ async def events(hub: LiveHub, user_id: int, since: int | None) -> AsyncIterator
                 if payload["seq"] <= sent_up_to:
                     continue  # already replayed from the database
                 sent_up_to = payload["seq"]
-                for event in deliver(payload):
-                    yield event
+                yield deliver(payload, message["json"])
             elif message["kind"] == "unread":
                 count, watermark = await run_in_threadpool(_unread_snapshot, user_id)
                 counted_after_watermark = {s for s in counted_after_watermark if s > watermark}
                 unread = count + len(counted_after_watermark)
-                yield {"event": "unread_count", "data": {"count": unread}}
+                yield [{"event": "unread_count", "data": {"count": unread}}]
         if subscriber.reason:
-            yield {"event": "closed", "data": {"reason": subscriber.reason}}
+            yield [{"event": "closed", "data": {"reason": subscriber.reason}}]
     finally:
         hub.unsubscribe(subscriber)
 

@@ -8,12 +8,13 @@ source ends (the hub drains every stream on shutdown).
 """
 
 import asyncio
-import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
+
+from src.notifications.live import to_json
 
 RETRY_MS = 2000  # how long EventSource waits before reconnecting
 
@@ -22,14 +23,14 @@ def encode(event: dict[str, Any]) -> bytes:
     if event["event"] == "ping":
         return b": ping\n\n"
     head = f"id: {event['id']}\n" if "id" in event else ""
-    data = json.dumps(event["data"], separators=(",", ":"))  # one line: JSON never contains a newline
+    data = event.get("json") or to_json(event["data"])
     return f"{head}event: {event['event']}\ndata: {data}\n\n".encode()
 
 
 class EventStream(Response):
     media_type = "text/event-stream"
 
-    def __init__(self, events: AsyncIterator[dict[str, Any]], send_timeout: float) -> None:
+    def __init__(self, events: AsyncIterator[list[dict[str, Any]]], send_timeout: float) -> None:
         # No Response.__init__: it would declare a Content-Length for an endless body.
         self.status_code = 200
         self.background = None
@@ -58,9 +59,10 @@ class EventStream(Response):
             await send(
                 {"type": "http.response.body", "body": f"retry: {RETRY_MS}\n\n".encode(), "more_body": True}
             )
-            async for event in self.events:
-                body = {"type": "http.response.body", "body": encode(event), "more_body": True}
-                await asyncio.wait_for(send(body), self.send_timeout)
+            async for batch in self.events:
+                body = b"".join(encode(event) for event in batch)
+                async with asyncio.timeout(self.send_timeout):  # not wait_for: a task per call (3.11)
+                    await send({"type": "http.response.body", "body": body, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
             if not watcher.done():
