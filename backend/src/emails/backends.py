@@ -107,9 +107,9 @@ class SmtpConnection:
             raise DeliveryError(f"SMTP connection lost: {exc!r}", permanent=False, broken=True) from exc
 
     def _transact(self, sender: str, recipient: str, message: bytes, ready: Callable[[], bool]) -> None:
-        """`smtplib.sendmail` for one recipient, but with `ready()` asked before the final dot: the
-        envelope and body travel while the caller waits on something else, and the server can only
-        accept the message once `ready()` has returned True."""
+        """`smtplib.sendmail` for one recipient, but with `ready()` asked after the server's 354: the
+        envelope's round trips overlap the caller's other work, and the server can only accept the
+        message once `ready()` has returned True."""
         smtp = self.smtp
         smtp.ehlo_or_helo_if_needed()
         options = [f"size={len(message)}"] if smtp.does_esmtp and smtp.has_extn("size") else []
@@ -123,11 +123,11 @@ class SmtpConnection:
         if code != 354:
             raise smtplib.SMTPDataError(code, reply)
         body = _LEADING_DOT.sub(b"..", message)
-        smtp.send(body if body.endswith(b"\r\n") else body + b"\r\n")
         if not ready():
             smtp.close()  # a server discards a message whose data never ended
             raise Withheld
-        smtp.send(b".\r\n")
+        # One write for body and final dot: split, Nagle and delayed ACK would stall each message ~40 ms.
+        smtp.send(body + (b".\r\n" if body.endswith(b"\r\n") else b"\r\n.\r\n"))
         code, reply = smtp.getreply()
         if code != 250:
             raise smtplib.SMTPDataError(code, reply)

@@ -1,6 +1,6 @@
 """Sending claimed emails and recording every outcome the moment it is known.
 
-A message is only let go (its final dot sent) once the outcome before it is recorded, so a crash
+A message is only let go (its data sent) once the outcome before it is recorded, so a crash
 re-sends at most one message. An outcome the server accepted is never lost to
 a database outage: its write is retried until the database answers again or the claim's lease is
 about to end, and nothing new is sent meanwhile.
@@ -160,8 +160,8 @@ class Delivery:
 def send_claimed(session: Session, claim: Claim) -> Delivery:
     """Send a claim's emails over one connection.
 
-    Each outcome is written on a thread of its own while the next message's envelope and body go out;
-    that message's final dot waits for the write. So SMTP and SQL round trips overlap, and a crash still
+    Each outcome is written on a thread of its own while the next message's envelope goes out; that
+    message's data waits for the write. So SMTP and SQL round trips overlap, and a crash still
     leaves at most one accepted message unrecorded.
     """
     backend = get_backend(settings)
