@@ -1,18 +1,14 @@
 """Where emails go: SMTP, or the console when no SMTP_HOST is set.
 
 A backend opens a connection; a connection sends one message at a time and raises `DeliveryError`
-saying whether the failure is worth retrying. Before the point after which the provider may have
-accepted a message, it asks the caller's `ready()`, so the caller can finish other work meanwhile.
-SendGrid's HTTP API is one; other providers (SES, ...) plug in the same way: a class with `connect()`
-and a name in `BACKENDS`.
+saying whether the failure is worth retrying. SendGrid's HTTP API is one; other providers
+(SES, ...) plug in the same way: a class with `connect()` and a name in `BACKENDS`.
 """
 
 import functools
 import logging
-import re
 import smtplib
 import ssl
-from collections.abc import Callable
 from email import message_from_bytes, policy
 from typing import Protocol
 
@@ -21,7 +17,6 @@ import httpx
 from src.config import Settings
 
 log = logging.getLogger("herald.emails")
-_LEADING_DOT = re.compile(rb"^\.", re.MULTILINE)
 
 
 class DeliveryError(Exception):
@@ -33,13 +28,8 @@ class DeliveryError(Exception):
         self.broken = broken  # the connection is unusable; open a new one for the next message
 
 
-class Withheld(Exception):
-    """`ready()` said no before the point of no return: the message was not sent and the connection
-    is closed."""
-
-
 class Connection(Protocol):
-    def send(self, sender: str, recipient: str, message: bytes, ready: Callable[[], bool]) -> None: ...
+    def send(self, sender: str, recipient: str, message: bytes) -> None: ...
 
     def close(self) -> None: ...
 
@@ -94,9 +84,9 @@ class SmtpConnection:
                 broken=True,
             ) from exc
 
-    def send(self, sender: str, recipient: str, message: bytes, ready: Callable[[], bool]) -> None:
+    def send(self, sender: str, recipient: str, message: bytes) -> None:
         try:
-            self._transact(sender, recipient, message, ready)
+            self.smtp.sendmail(sender, [recipient], message)
         except smtplib.SMTPRecipientsRefused as exc:
             code, reply = next(iter(exc.recipients.values()))
             raise self._refused(f"recipient refused: {code} {_reply_text(reply)}", code) from exc
@@ -105,32 +95,6 @@ class SmtpConnection:
             raise self._refused(f"SMTP error: {code} {_reply_text(exc.smtp_error)}", code) from exc
         except (OSError, smtplib.SMTPException) as exc:
             raise DeliveryError(f"SMTP connection lost: {exc!r}", permanent=False, broken=True) from exc
-
-    def _transact(self, sender: str, recipient: str, message: bytes, ready: Callable[[], bool]) -> None:
-        """`smtplib.sendmail` for one recipient, but with `ready()` asked after the server's 354: the
-        envelope's round trips overlap the caller's other work, and the server can only accept the
-        message once `ready()` has returned True."""
-        smtp = self.smtp
-        smtp.ehlo_or_helo_if_needed()
-        options = [f"size={len(message)}"] if smtp.does_esmtp and smtp.has_extn("size") else []
-        code, reply = smtp.mail(sender, options)
-        if code != 250:
-            raise smtplib.SMTPSenderRefused(code, reply, sender)
-        code, reply = smtp.rcpt(recipient)
-        if code not in (250, 251):
-            raise smtplib.SMTPRecipientsRefused({recipient: (code, reply)})
-        code, reply = smtp.docmd("data")
-        if code != 354:
-            raise smtplib.SMTPDataError(code, reply)
-        body = _LEADING_DOT.sub(b"..", message)
-        if not ready():
-            smtp.close()  # a server discards a message whose data never ended
-            raise Withheld
-        # One write for body and final dot: split, Nagle and delayed ACK would stall each message ~40 ms.
-        smtp.send(body + (b".\r\n" if body.endswith(b"\r\n") else b"\r\n.\r\n"))
-        code, reply = smtp.getreply()
-        if code != 250:
-            raise smtplib.SMTPDataError(code, reply)
 
     def _refused(self, reason: str, code: int) -> DeliveryError:
         """The server said no. After a 421 it closes the connection (smtplib already has); otherwise
@@ -162,9 +126,7 @@ class SmtpBackend:
 
 
 class ConsoleConnection:
-    def send(self, sender: str, recipient: str, message: bytes, ready: Callable[[], bool]) -> None:
-        if not ready():
-            raise Withheld
+    def send(self, sender: str, recipient: str, message: bytes) -> None:
         parsed = message_from_bytes(message, policy=policy.default)
         body = parsed.get_body(("plain",))
         text = body.get_content() if body else ""  # type: ignore[attr-defined]
@@ -197,10 +159,7 @@ class SendGridConnection:
             timeout=settings.smtp_timeout, headers={"Authorization": f"Bearer {settings.sendgrid_api_key}"}
         )
 
-    def send(self, sender: str, recipient: str, message: bytes, ready: Callable[[], bool]) -> None:
-        if not ready():
-            self.close()
-            raise Withheld
+    def send(self, sender: str, recipient: str, message: bytes) -> None:
         parsed = message_from_bytes(message, policy=policy.default)
         content = [
             {"type": part.get_content_type(), "value": part.get_content()}  # type: ignore[attr-defined]

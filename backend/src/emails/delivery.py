@@ -1,7 +1,6 @@
 """Sending claimed emails and recording every outcome the moment it is known.
 
-A message is only let go (its data sent) once the outcome before it is recorded, so a crash
-re-sends at most one message. An outcome the server accepted is never lost to
+A crash then re-sends at most the message in flight. An outcome the server accepted is never lost to
 a database outage: its write is retried until the database answers again or the claim's lease is
 about to end, and nothing new is sent meanwhile.
 """
@@ -10,7 +9,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -22,7 +20,7 @@ from sqlalchemy.orm import Session
 from src import outages
 from src.config import settings
 from src.db import SessionLocal, UTCDateTime, utcnow
-from src.emails.backends import Connection, DeliveryError, Withheld, get_backend
+from src.emails.backends import Connection, DeliveryError, get_backend
 from src.emails.claims import Claim, backoff_seconds, claim, fail_abandoned, release, renew
 from src.emails.models import EmailAttempt, EmailQueue, EmailStatus
 
@@ -158,31 +156,12 @@ class Delivery:
 
 
 def send_claimed(session: Session, claim: Claim) -> Delivery:
-    """Send a claim's emails over one connection.
-
-    Each outcome is written on a thread of its own while the next message's envelope goes out; that
-    message's data waits for the write. So SMTP and SQL round trips overlap, and a crash still
-    leaves at most one accepted message unrecorded.
-    """
+    """Send a claim's emails over one connection."""
     backend = get_backend(settings)
     connection: Connection | None = None
     recorder = OutcomeRecorder(session.get_bind())  # type: ignore[arg-type]
-    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="email-outcomes")
     delivery = Delivery(claimed=len(claim.emails))
     margin = settings.email_lease_seconds * 0.1
-    pending: tuple[Future[bool], bool] | None = None  # the last outcome's write, and if it was a send
-
-    def recorded() -> bool:
-        """Wait for the last outcome's write; False if the database never answered."""
-        nonlocal pending
-        if pending is not None:
-            write, accepted = pending
-            if not write.result():
-                return False
-            delivery.sent += accepted
-            pending = None
-        return True
-
     try:
         for index, email in enumerate(claim.emails):
             if claim.renewal_due and not renew(session, claim, claim.emails[index:]):
@@ -193,36 +172,26 @@ def send_claimed(session: Session, claim: Claim) -> Delivery:
             try:
                 if connection is None:
                     connection = backend.connect()
-                connection.send(
-                    settings.smtp_from_email, email.to_email, email.mime.encode("ascii"), recorded
-                )
-            except Withheld:
-                connection = None
+                connection.send(settings.smtp_from_email, email.to_email, email.mime.encode("ascii"))
             except DeliveryError as exc:
                 error = exc
                 if exc.broken and connection is not None:
                     connection.close()
                 connection = None if exc.broken else connection
-            if not recorded():
+            if not recorder.record(email, claim.token, error, started, claim.lease_ends - margin):
                 delivery.unreachable = True  # the rest stay claimed; their lease expires, then they are due
                 break
-            give_up_at = claim.lease_ends - margin
-            pending = (
-                writer.submit(recorder.record, email, claim.token, error, started, give_up_at),
-                error is None,
-            )
-            if error is not None and error.broken and index == 0:
+            if error is None:
+                delivery.sent += 1
+            elif error.broken and index == 0:
                 # The server cannot be reached at all: do not burn everyone's attempts on it.
                 release(session, claim.emails[1:], claim.token)
                 delivery.unreachable = True
                 break
-        if not recorded():
-            delivery.unreachable = True
     finally:
+        recorder.close()
         if connection is not None:
             connection.close()
-        writer.submit(recorder.close).result()
-        writer.shutdown()
     return delivery
 
 
