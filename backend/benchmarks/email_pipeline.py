@@ -5,18 +5,85 @@ aiosmtpd sink running in its own process, three ways:
 - batched: the queue processor claims batches and sends each over one reused SMTP connection;
 - wakeups: every email also publishes its `send_email_async` wake-up, as the API does;
 - unbatched: one `send_email_task` per email, one SMTP connection each (what batching saves).
-Every run checks each queued Message-ID arrived exactly once. The last line printed is one JSON object.
+First, against the same sink, the raw baseline: 2 processes, each sending pre-built messages of the same
+size over one reused `smtplib` connection, no database: what the sink and this machine allow, so each
+mode's `ratio_to_raw` holds across machines. Every run checks each Message-ID arrived exactly once. The
+last line printed is one JSON object.
 """
 
 import argparse
 import json
+import multiprocessing
+import smtplib
 import time
+import uuid
 from contextlib import ExitStack
+from multiprocessing.synchronize import Barrier
+from pathlib import Path
 
 from benchmarks.common import percentile, prepare, read_journal, start_sink
 
 CHUNK = 500
 BEAT_SECONDS = 10
+RAW_PROCESSES = 2
+
+
+def draft(i: int) -> dict[str, str]:
+    """The benchmark's email number i, as queued and as the raw baseline sends it."""
+    return {
+        "to_email": f"user{i}@example.com", "to_name": f"User {i}", "subject": f"Benchmark message {i}",
+        "body_text": f"Hello {i}\n" * 5, "body_html": f"<p>Hello {i}</p>" * 5,
+    }  # fmt: skip
+
+
+def _raw_sender(port: int, sender: str, messages: list[tuple[str, bytes]], ready: Barrier) -> None:
+    """One raw process: connect, wait for the other, then send every message over that connection."""
+    smtp = smtplib.SMTP("127.0.0.1", port, timeout=30)
+    smtp.ehlo()
+    ready.wait()
+    for recipient, message in messages:
+        smtp.sendmail(sender, [recipient], message)
+    smtp.quit()
+
+
+def measure_raw(n: int, port: int, journal: Path) -> dict:
+    """The baseline: `RAW_PROCESSES` processes x one reused connection, same messages, no database."""
+    from src.config import settings
+    from src.db import utcnow
+    from src.emails.mime import compose_message
+
+    domain = settings.smtp_from_email.rpartition("@")[2] or "herald.local"  # as queue_email's Message-IDs
+    messages = [
+        (d["to_email"], compose_message(**d, message_id=f"<{uuid.uuid4().hex}@{domain}>", date=utcnow()))
+        for d in map(draft, range(n))
+    ]
+    journal.write_text("")
+    context = multiprocessing.get_context("spawn")
+    ready = context.Barrier(RAW_PROCESSES + 1)
+    processes = [
+        context.Process(
+            target=_raw_sender,
+            args=(port, settings.smtp_from_email,
+                  [(to, m.encode("ascii")) for to, m in messages[k::RAW_PROCESSES]], ready),
+        )
+        for k in range(RAW_PROCESSES)
+    ]  # fmt: skip
+    for process in processes:
+        process.start()
+    ready.wait()
+    started = time.time()
+    for process in processes:
+        process.join()
+    time.sleep(0.5)
+    received = read_journal(journal)
+    wanted = {m.split("Message-ID: ", 1)[1].split("\r\n", 1)[0] for _, m in messages}
+    seen = [r["message_id"] for r in received if r["message_id"] in wanted]
+    last = max((r["at"] for r in received), default=started)
+    return {
+        "emails_per_s": round(len(set(seen)) / max(last - started, 1e-9), 1),
+        "lost": n - len(set(seen)),
+        "duplicates": len(seen) - len(set(seen)),
+    }
 
 
 def run(n: int, database: str, workers: int) -> dict:
@@ -45,13 +112,9 @@ def run(n: int, database: str, workers: int) -> dict:
             for start in range(0, n, CHUNK):
                 with SessionLocal() as session:
                     emails = [
-                        EmailService.queue_email(
-                            session, to_email=f"user{i}@example.com", to_name=f"User {i}",
-                            subject=f"Benchmark message {i}", body_text=f"Hello {i}\n" * 5,
-                            body_html=f"<p>Hello {i}</p>" * 5, wake_worker=wake,
-                        )
+                        EmailService.queue_email(session, wake_worker=wake, **draft(i))
                         for i in range(start, min(n, start + CHUNK))
-                    ]  # fmt: skip
+                    ]
                     session.commit()
                     for email in emails:
                         created[email.message_id] = email.created_at.timestamp()
@@ -107,6 +170,8 @@ def run(n: int, database: str, workers: int) -> dict:
                 "queue_s": round(queued - started, 2),
             }
 
+        raw = measure_raw(n, port, journal)
+        print("raw:", json.dumps(raw), flush=True)
         batched = measure("batched")
         print("batched:", json.dumps(batched), flush=True)
         wakeups = measure("wakeups")
@@ -118,6 +183,11 @@ def run(n: int, database: str, workers: int) -> dict:
             "n": n,
             "database": database,
             "worker_processes": workers,
+            "raw_emails_per_s": raw["emails_per_s"],
+            "ratio_to_raw": {
+                mode: round(m["emails_per_s"] / raw["emails_per_s"], 2)
+                for mode, m in (("batched", batched), ("wakeups", wakeups), ("unbatched", unbatched))
+            },
             "wakeup_emails_per_s": wakeups["emails_per_s"],
             "wakeup_p50_ms": wakeups["p50_ms"],
             "wakeup_p99_ms": wakeups["p99_ms"],
@@ -125,7 +195,7 @@ def run(n: int, database: str, workers: int) -> dict:
             "unbatched_p50_ms": unbatched["p50_ms"],
             "unbatched_p99_ms": unbatched["p99_ms"],
             "exactly_once": all(
-                m["duplicates"] == 0 and m["lost"] == 0 for m in (batched, wakeups, unbatched)
+                m["duplicates"] == 0 and m["lost"] == 0 for m in (raw, batched, wakeups, unbatched)
             ),
         }
 
