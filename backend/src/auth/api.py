@@ -51,15 +51,17 @@ def verify_email_link(
     token: Annotated[str, Query(min_length=1, max_length=2000)], session: DbSession, request: Request
 ) -> Accepted:
     """Where the emailed link leads."""
-    limit(request, "verify", account=_token_account(token, "verify"))
-    service.verify_email(session, token)
-    return Accepted(detail="your address is confirmed: you can log in")
+    return _verify(session, request, token)
 
 
 @router.post("/auth/verify-email")
 def verify_email(body: TokenIn, session: DbSession, request: Request) -> Accepted:
-    limit(request, "verify", account=_token_account(body.token, "verify"))
-    service.verify_email(session, body.token)
+    return _verify(session, request, body.token)
+
+
+def _verify(session: DbSession, request: Request, token: str) -> Accepted:
+    limit(request, "verify", account=_token_account(token, "verify"))
+    service.verify_email(session, token)
     return Accepted(detail="your address is confirmed: you can log in")
 
 

@@ -101,17 +101,9 @@ def request_password_reset(session: Session, email: str) -> None:
         token = create_token(
             user.id, "reset", timedelta(minutes=minutes), pwd=_fingerprint(user.password_hash)
         )
-        text, html = render(
-            "password_reset",
-            recipient_name=one_line(user.name),
-            token=token,
-            minutes=minutes,
-            confirm_url=f"{settings.public_url}/api/auth/password-reset/confirm",
-        )
-        EmailService.queue_email(
-            session, to_email=user.email, to_name=one_line(user.name), subject="Reset your Herald password",
-            body_text=text, body_html=html, priority=10,
-        )  # fmt: skip
+        confirm_url = f"{settings.public_url}/api/auth/password-reset/confirm"
+        _mail(session, user, "password_reset", "Reset your Herald password",
+              token=token, minutes=minutes, confirm_url=confirm_url)  # fmt: skip
         session.commit()
 
 
@@ -134,25 +126,27 @@ def _fingerprint(password_hash: str) -> str:
 def _mail_verification(session: Session, user: User) -> None:
     hours = settings.verification_token_hours
     token = create_token(user.id, "verify", timedelta(hours=hours), email=user.email)
-    text, html = render(
-        "verify_email",
-        recipient_name=one_line(user.name),
-        link=f"{settings.public_url}/api/auth/verify-email?token={token}",
-        hours=hours,
-    )
-    EmailService.queue_email(
-        session, to_email=user.email, to_name=one_line(user.name), subject="Confirm your address for Herald",
-        body_text=text, body_html=html, priority=10,
-    )  # fmt: skip
+    link = f"{settings.public_url}/api/auth/verify-email?token={token}"
+    _mail(session, user, "verify_email", "Confirm your address for Herald", link=link, hours=hours)
 
 
 def _mail_account_exists(session: Session, user: User) -> None:
-    text, html = render(
-        "account_exists",
-        recipient_name=one_line(user.name),
-        reset_hint=f"POST {settings.public_url}/api/auth/password-reset with your address",
+    reset_hint = f"POST {settings.public_url}/api/auth/password-reset with your address"
+    _mail(
+        session, user, "account_exists", "Someone tried to sign up with your address", reset_hint=reset_hint
     )
+
+
+def _mail(session: Session, user: User, template: str, subject: str, **context: object) -> None:
+    """An account email to `user`, ahead of task mail in the queue: someone is waiting for it."""
+    name = one_line(user.name)
+    text, html = render(template, recipient_name=name, **context)
     EmailService.queue_email(
-        session, to_email=user.email, to_name=one_line(user.name),
-        subject="Someone tried to sign up with your address", body_text=text, body_html=html, priority=10,
-    )  # fmt: skip
+        session,
+        to_email=user.email,
+        to_name=name,
+        subject=subject,
+        body_text=text,
+        body_html=html,
+        priority=10,
+    )
