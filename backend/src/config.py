@@ -71,6 +71,7 @@ class Settings(BaseSettings):
     smtp_use_tls: bool = False
     smtp_use_ssl: bool = False
     smtp_timeout: float = 10.0
+    smtp_idle_seconds: float = 30.0  # a worker process keeps its connection this long unused; 0: never
 
     notification_publish_interval: float = 5.0
     live_ping_seconds: float = 15.0

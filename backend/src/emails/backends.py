@@ -9,6 +9,7 @@ import functools
 import logging
 import smtplib
 import ssl
+from collections.abc import Hashable
 from email import message_from_bytes, policy
 from typing import Protocol
 
@@ -31,11 +32,19 @@ class DeliveryError(Exception):
 class Connection(Protocol):
     def send(self, sender: str, recipient: str, message: bytes) -> None: ...
 
+    def alive(self) -> bool:
+        """Whether a connection kept since its last message can still send (see `connections`)."""
+        ...
+
     def close(self) -> None: ...
 
 
 class EmailBackend(Protocol):
     def connect(self) -> Connection: ...
+
+    def key(self) -> Hashable:
+        """Equal for backends that would connect to the same place the same way."""
+        ...
 
 
 def _reply_text(reply: bytes | str) -> str:
@@ -110,6 +119,12 @@ class SmtpConnection:
         except (OSError, smtplib.SMTPException):
             return False
 
+    def alive(self) -> bool:
+        try:
+            return self.smtp.noop()[0] == 250
+        except (OSError, smtplib.SMTPException):
+            return False
+
     def close(self) -> None:
         try:
             self.smtp.quit()
@@ -124,6 +139,11 @@ class SmtpBackend:
     def connect(self) -> Connection:
         return SmtpConnection(self.settings)
 
+    def key(self) -> Hashable:
+        s = self.settings
+        return ("smtp", s.smtp_host, s.smtp_port, s.smtp_use_ssl, s.smtp_use_tls, s.smtp_user,
+                s.smtp_password)  # fmt: skip
+
 
 class ConsoleConnection:
     def send(self, sender: str, recipient: str, message: bytes) -> None:
@@ -131,6 +151,9 @@ class ConsoleConnection:
         body = parsed.get_body(("plain",))
         text = body.get_content() if body else ""  # type: ignore[attr-defined]
         log.info("console email to %s: %s\n%s", recipient, parsed["Subject"], text)
+
+    def alive(self) -> bool:
+        return True
 
     def close(self) -> None:
         pass
@@ -144,6 +167,9 @@ class ConsoleBackend:
 
     def connect(self) -> Connection:
         return ConsoleConnection()
+
+    def key(self) -> Hashable:
+        return ("console",)
 
 
 class SendGridConnection:
@@ -185,6 +211,9 @@ class SendGridConnection:
         # rate limiting, an outage) can pass once fixed or over.
         raise DeliveryError(reason, permanent=response.status_code in (400, 413), code=response.status_code)
 
+    def alive(self) -> bool:
+        return True  # httpx reconnects by itself when the server closed the kept-alive connection
+
     def close(self) -> None:
         self.client.close()
 
@@ -207,6 +236,9 @@ class SendGridBackend:
 
     def connect(self) -> Connection:
         return SendGridConnection(self.settings)
+
+    def key(self) -> Hashable:
+        return ("sendgrid", self.settings.sendgrid_api_url, self.settings.sendgrid_api_key)
 
 
 BACKENDS: dict[str, type[SmtpBackend] | type[ConsoleBackend] | type[SendGridBackend]] = {

@@ -22,6 +22,7 @@ from src.config import settings
 from src.db import SessionLocal, UTCDateTime, utcnow
 from src.emails.backends import Connection, DeliveryError, get_backend
 from src.emails.claims import Claim, backoff_seconds, claim, fail_abandoned, release, renew
+from src.emails.connections import kept_connections
 from src.emails.models import EmailAttempt, EmailQueue, EmailStatus
 
 log = logging.getLogger("herald.emails")
@@ -156,7 +157,7 @@ class Delivery:
 
 
 def send_claimed(session: Session, claim: Claim) -> Delivery:
-    """Send a claim's emails over one connection."""
+    """Send a claim's emails over one connection, kept afterwards for the process's next delivery."""
     backend = get_backend(settings)
     connection: Connection | None = None
     recorder = OutcomeRecorder(session.get_bind())  # type: ignore[arg-type]
@@ -171,7 +172,7 @@ def send_claimed(session: Session, claim: Claim) -> Delivery:
             error: DeliveryError | None = None
             try:
                 if connection is None:
-                    connection = backend.connect()
+                    connection = kept_connections.take(backend, settings.smtp_idle_seconds)
                 connection.send(settings.smtp_from_email, email.to_email, email.mime.encode("ascii"))
             except DeliveryError as exc:
                 error = exc
@@ -188,10 +189,14 @@ def send_claimed(session: Session, claim: Claim) -> Delivery:
                 release(session, claim.emails[1:], claim.token)
                 delivery.unreachable = True
                 break
+    except BaseException:
+        if connection is not None:
+            connection.close()  # it may be in the middle of a message
+        raise
     finally:
         recorder.close()
-        if connection is not None:
-            connection.close()
+    if connection is not None:
+        kept_connections.give_back(backend, connection, settings.smtp_idle_seconds)
     return delivery
 
 
