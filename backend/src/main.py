@@ -21,6 +21,7 @@ from src.invitations.api import router as invitations_router
 from src.notifications.api import router as notifications_router
 from src.notifications.api import ws_router as notifications_ws_router
 from src.notifications.live import LiveHub
+from src.ops.health import router as health_router
 from src.ops.metrics import router as metrics_router
 from src.orgs.api import router as orgs_router
 from src.outages import fold_outage_tracebacks
@@ -95,11 +96,5 @@ for router in (
     api.include_router(router)
 app.include_router(api)
 app.include_router(metrics_router)
+app.include_router(health_router)
 app.include_router(task_page_router)  # where status emails link, outside /api
-
-
-@app.get("/healthz", tags=["ops"])
-async def healthz() -> dict[str, str]:
-    """Liveness, answered on the event loop from memory: busy threads or a database outage never
-    make a running process look dead."""
-    return {"status": "ok"}
