@@ -9,8 +9,10 @@ import logging
 from typing import Any
 
 from celery import Celery, signals
+from celery.schedules import crontab
 from kombu import Queue
 
+from src import logs
 from src.config import settings
 from src.outages import fold_outage_tracebacks
 from src.redis_client import celery_transport_options
@@ -23,6 +25,7 @@ app = Celery(
         "src.emails.tasks.email_tasks",
         "src.notifications.tasks.notification_tasks",
         "src.idempotency.tasks.idempotency_tasks",
+        "src.ops.retention",
     ],
 )
 app.conf.update(
@@ -72,6 +75,10 @@ app.conf.update(
             "task": "src.idempotency.tasks.idempotency_tasks.delete_expired_idempotency_keys",
             "schedule": 3600,  # hourly; a key lives 24 h
         },
+        "retention": {
+            "task": "src.ops.retention.purge_expired_records",
+            "schedule": crontab(hour=3, minute=17),  # daily, at a quiet hour (UTC)
+        },
     },
     timezone="UTC",
 )
@@ -79,9 +86,36 @@ app.conf.update(
 
 @signals.after_setup_logger.connect
 @signals.after_setup_task_logger.connect
-def _fold_outage_tracebacks(logger: logging.Logger, **_kwargs: Any) -> None:
-    """A database or Redis restart makes every task fail alike: say it once, not per task."""
+def _set_up_log_handlers(logger: logging.Logger, **_kwargs: Any) -> None:
+    """A database or Redis restart makes every task fail alike: say it once, not per task. And
+    request ids, task names and LOG_FORMAT=json, as in the API."""
     fold_outage_tracebacks(logger)
+    logs.install(logger)
+
+
+@signals.celeryd_after_setup.connect
+def _no_banner_in_json(instance: Any, **_kwargs: Any) -> None:
+    """With LOG_FORMAT=json every line a worker writes is a JSON object: no startup banner."""
+    if settings.log_format == "json":
+        instance.quiet = True
+
+
+@signals.before_task_publish.connect
+def _send_request_id(headers: dict[str, Any], **_kwargs: Any) -> None:
+    """A task published while serving a request carries its id to the worker."""
+    request_id = logs.current_request_id()
+    if request_id:
+        headers.setdefault("request_id", request_id)
+
+
+@signals.task_prerun.connect
+def _enter_request(task: Any, **_kwargs: Any) -> None:
+    logs.enter_request(getattr(task.request, "request_id", None))
+
+
+@signals.task_postrun.connect
+def _leave_request(**_kwargs: Any) -> None:
+    logs.leave_request()
 
 
 celery_app = app

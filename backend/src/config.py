@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import limits
-from pydantic import AfterValidator, model_validator
+from pydantic import AfterValidator, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 BACKEND_DIR = Path(__file__).resolve().parent.parent
@@ -32,6 +32,7 @@ class Settings(BaseSettings):
     )
 
     environment: str = "development"
+    log_format: Literal["text", "json"] = "text"  # json: one object per line, with request ids
     database_url: str = "sqlite:///./herald.db"
     redis_url: str = "redis://localhost:6379/0"
     redis_sentinel_master: str = ""  # set to use Sentinel: REDIS_URL then lists the sentinels
@@ -87,6 +88,9 @@ class Settings(BaseSettings):
     email_backoff_max_seconds: float = 3600.0
     email_processor_concurrency: int = 2
     email_max_body_bytes: int = 1_000_000
+    email_retention_days: Annotated[int, Field(ge=1)] = 30  # sent emails and their attempts
+    email_failed_retention_days: Annotated[int, Field(ge=1)] = 90  # failed and cancelled ones
+    notification_retention_days: Annotated[int, Field(ge=1)] = 90  # read notifications, and broadcasts
 
     @property
     def is_production(self) -> bool:

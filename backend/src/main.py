@@ -11,6 +11,7 @@ import anyio.to_thread
 from fastapi import APIRouter, FastAPI
 from fastapi_offline import FastAPIOffline
 
+from src import logs
 from src.admission import AdmissionLimit
 from src.auth.api import router as auth_router
 from src.config import settings
@@ -81,7 +82,8 @@ else:
 install_error_handlers(app)
 app.add_middleware(AdmissionLimit, limit=settings.api_threads)
 app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
-app.add_middleware(ApiHeaders)  # outermost: on every answer, errors included
+app.add_middleware(ApiHeaders)  # on every answer, errors included
+app.add_middleware(logs.RequestIds)  # outermost: the id is in context for everything below, and answered
 
 api = APIRouter(prefix="/api")
 for router in (

@@ -124,9 +124,10 @@ class CeleryWorker(ManagedProcess):
 # connections, streams included (a process serves about a thousand): past it, requests answer 503
 # instead of piling up. Idle keep-alive connections close after 5 s. uvicorn has no timeout for a
 # connection that sends nothing or trickles its headers: the reverse proxy must (see the README).
+# --log-config: text or JSON lines (LOG_FORMAT) with request ids, from the first line (src/logs.py).
 UVICORN_LIMITS = [
     "--http=h11", "--h11-max-incomplete-event-size=16384", "--limit-concurrency=2000",
-    "--timeout-keep-alive=5", "--backlog=2048",
+    "--timeout-keep-alive=5", "--backlog=2048", "--log-config=log_config.json",
 ]  # fmt: skip
 
 

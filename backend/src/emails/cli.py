@@ -1,4 +1,4 @@
-"""Inspect and repair the email outbox: `python -m src.emails.cli {stats,list,retry,cancel}` from backend/."""
+"""Inspect and repair the outbox: `python -m src.emails.cli {stats,list,retry,cancel,purge}` from backend/."""
 
 import argparse
 import sys
@@ -21,7 +21,17 @@ def main(argv: list[str] | None = None) -> int:
     target.add_argument("--all-failed", action="store_true", help="every failed email")
     cancel = commands.add_parser("cancel", help="stop pending emails from being sent")
     cancel.add_argument("ids", nargs="+", type=int, help="email ids")
+    purge = commands.add_parser("purge", help="delete what retention keeps no longer, as the daily job does")
+    purge.add_argument("--dry-run", action="store_true", help="only count what would be deleted")
     args = parser.parse_args(argv)
+
+    if args.command == "purge":
+        from src.ops import retention
+
+        counts = retention.expired_counts() if args.dry_run else retention.purge_expired()
+        verb = "would delete" if args.dry_run else "deleted"
+        print(f"{verb} " + ", ".join(f"{count} {table}" for table, count in counts.items()))
+        return 0
 
     with SessionLocal() as session:
         if args.command == "stats":

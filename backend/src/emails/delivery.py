@@ -149,6 +149,16 @@ def _outcome(email: EmailQueue, token: str, error: DeliveryError | None, started
     }
 
 
+def _log_outcome(email: EmailQueue, error: DeliveryError | None) -> None:
+    """One line per attempt, with the id of the request that queued the email: a status change can
+    be followed from its request to the mail server's reply."""
+    fields = {"email_id": email.id, "request_id": email.request_id}
+    if error is None:
+        log.info("email %s sent (attempt %d)", email.id, email.attempts, extra=fields)
+    else:
+        log.warning("email %s attempt %d failed: %s", email.id, email.attempts, error.reason, extra=fields)
+
+
 @dataclass
 class Delivery:
     claimed: int = 0
@@ -182,6 +192,7 @@ def send_claimed(session: Session, claim: Claim) -> Delivery:
             if not recorder.record(email, claim.token, error, started, claim.lease_ends - margin):
                 delivery.unreachable = True  # the rest stay claimed; their lease expires, then they are due
                 break
+            _log_outcome(email, error)
             if error is None:
                 delivery.sent += 1
             elif error.broken and index == 0:

@@ -20,6 +20,7 @@ from src.db import after_commit, insert_or_ignore, utcnow
 from src.emails.mime import compose_message
 from src.emails.models import EmailQueue, EmailStatus
 from src.errors import Invalid
+from src.logs import current_request_id
 from src.text import visible
 
 log = logging.getLogger("herald.emails")
@@ -195,6 +196,7 @@ def _new_row(draft: EmailDraft) -> dict[str, Any]:
         "max_attempts": draft.max_attempts or settings.email_max_attempts,
         "created_at": now,
         "next_attempt_at": now,
+        "request_id": current_request_id(),
     }
 
 
