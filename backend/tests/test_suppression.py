@@ -3,7 +3,9 @@ more email until it is lifted. Real worker, Redis, SMTP sink, on both databases.
 
 import base64
 import json
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
@@ -324,6 +326,23 @@ def test_a_signed_batch_suppresses_bounces_drops_and_spam_reports(client, sendgr
     status_becomes(sent, EmailStatus.sent)
     assert "550 5.1.1 unknown user" in email(held).last_error
     assert [m.rcpt_tos for m in sink.wait_for(1)] == [["later@example.com"]]
+
+
+def test_the_same_batch_delivered_at_once_suppresses_each_address_once(client, sendgrid):
+    """SendGrid may deliver a batch twice, concurrently: no error, no duplicate, nothing lost.
+    (Fewer requests than API_THREADS: in-process, the admission limit's semaphore stays bound to the
+    first test client's event loop, and it would be waited on from this one's.)"""
+    start = threading.Barrier(6)
+
+    def post(_: int) -> tuple[int, int]:
+        start.wait()
+        response = client.post(WEBHOOK, content=BATCH, headers=sendgrid.headers(BATCH))
+        return response.status_code, response.json().get("suppressed", -1)
+
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(post, range(6)))
+    assert {status for status, _ in answers} == {200}
+    assert sum(new for _, new in answers) == 3 and len(suppressed()) == 3
 
 
 def test_bad_missing_or_stale_signatures_are_403_and_change_nothing(client, sendgrid):
