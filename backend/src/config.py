@@ -6,8 +6,10 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import limits
-from pydantic import AfterValidator, Field, model_validator
+from pydantic import AfterValidator, Field, PositiveInt, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from src.emails.sendgrid_signature import public_key
 
 BACKEND_DIR = Path(__file__).resolve().parent.parent
 DEFAULT_SECRET_KEY = "dev-only-insecure-secret-key-change-me-in-production"
@@ -24,6 +26,13 @@ def _one_rate_limit(value: str) -> str:
 
 
 RateLimit = Annotated[str, AfterValidator(_one_rate_limit)]  # `limits` notation: "10/15 minutes"
+
+
+def _sendgrid_key(value: str) -> str:
+    """A key that cannot verify anything stops the process at start-up, not every webhook call."""
+    if value.strip():
+        public_key(value)  # raises ValueError saying what is wrong
+    return value.strip()
 
 
 class Settings(BaseSettings):
@@ -63,6 +72,10 @@ class Settings(BaseSettings):
     email_backend: str = ""  # "smtp", "sendgrid" or "console"; empty: smtp when SMTP_HOST is set
     sendgrid_api_key: str = ""
     sendgrid_api_url: str = "https://api.sendgrid.com/v3/mail/send"
+    # SendGrid's Event Webhook (POST /api/webhooks/sendgrid) suppresses addresses that bounce, are
+    # dropped or report spam. Its verification key, base64 as SendGrid shows it; empty: endpoint off.
+    sendgrid_webhook_public_key: Annotated[str, AfterValidator(_sendgrid_key)] = ""
+    sendgrid_webhook_max_age_seconds: PositiveInt = 600  # a signed timestamp older (or newer) is a replay
     smtp_host: str = ""
     smtp_port: int = 587
     smtp_user: str = ""

@@ -16,6 +16,8 @@ from src.admission import AdmissionLimit
 from src.auth.api import router as auth_router
 from src.config import settings
 from src.emails.api import router as emails_router
+from src.emails.suppression_api import router as suppressions_router
+from src.emails.webhooks import router as webhooks_router
 from src.errors import install_error_handlers
 from src.http_guards import ApiHeaders, BodyLimit
 from src.invitations.api import router as invitations_router
@@ -92,6 +94,8 @@ for router in (
     invitations_router,
     tasks_router,
     emails_router,
+    suppressions_router,
+    webhooks_router,
     notifications_router,
     notifications_ws_router,
 ):

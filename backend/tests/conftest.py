@@ -217,8 +217,10 @@ def sink(smtp_sink):
     """The SMTP sink, emptied for this test."""
     smtp_sink.messages.clear()
     smtp_sink.replies.clear()
+    smtp_sink.rcpt_replies.clear()
     yield smtp_sink
     smtp_sink.replies.clear()
+    smtp_sink.rcpt_replies.clear()
 
 
 @pytest.fixture

@@ -49,6 +49,7 @@ def test_sent_emails_go_after_30_days_failed_and_cancelled_after_90_in_batches(d
         email(EmailStatus.sent, 400 * DAY, attempts=1),
         email(EmailStatus.failed, 91 * DAY, attempts=5),
         email(EmailStatus.cancelled, 91 * DAY),
+        email(EmailStatus.suppressed, 91 * DAY),
     ]
     kept = [
         email(EmailStatus.sent, 29 * DAY, attempts=1),
@@ -58,12 +59,12 @@ def test_sent_emails_go_after_30_days_failed_and_cancelled_after_90_in_batches(d
     ]
 
     assert cli.main(["purge", "--dry-run"]) == 0
-    assert capsys.readouterr().out == "would delete 4 emails, 8 email_attempts, 0 notifications\n"
+    assert capsys.readouterr().out == "would delete 5 emails, 8 email_attempts, 0 notifications\n"
     with SessionLocal() as session:
         assert session.scalar(select(EmailQueue.id).where(EmailQueue.id.in_(gone)).limit(1)) is not None
 
     with SessionLocal() as session:
-        assert retention.purge(session, batch=3) == {"emails": 4, "email_attempts": 8}  # two batches
+        assert retention.purge(session, batch=3) == {"emails": 5, "email_attempts": 8}  # two batches
         assert sorted(session.scalars(select(EmailQueue.id))) == sorted(kept)
         assert sorted(set(session.scalars(select(EmailAttempt.email_id)))) == sorted(kept[:2])
     assert cli.main(["purge"]) == 0

@@ -1,7 +1,7 @@
 """email rows remember the request that queued them; the live replay knows what retention deleted
 
 Revision ID: 0008
-Revises: 0005
+Revises: 0007
 
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0008"
-down_revision: str | Sequence[str] | None = "0005"
+down_revision: str | Sequence[str] | None = "0007"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -7,6 +7,7 @@ saying whether the failure is worth retrying. SendGrid's HTTP API is one; other 
 
 import functools
 import logging
+import re
 import smtplib
 import ssl
 from collections.abc import Hashable
@@ -21,12 +22,31 @@ log = logging.getLogger("herald.emails")
 
 
 class DeliveryError(Exception):
-    def __init__(self, reason: str, *, permanent: bool, code: int | None = None, broken: bool = False):
+    def __init__(self, reason: str, *, permanent: bool, code: int | None = None, broken: bool = False,
+                 bad_address: bool = False):  # fmt: skip
         super().__init__(reason)
         self.reason = reason
         self.permanent = permanent
         self.code = code
         self.broken = broken  # the connection is unusable; open a new one for the next message
+        self.bad_address = bad_address  # the recipient can never receive mail: suppress the address
+
+
+# RFC 3463's enhanced status code at the start of a reply: class 5 (permanent), subject, detail.
+_ENHANCED_STATUS = re.compile(r"5\.(\d{1,3})\.(\d{1,3})\b")
+
+
+def address_rejected(code: int, reply: str) -> bool:
+    """Whether a server's refusal of RCPT TO says the address itself will never take mail: a 5xx
+    whose enhanced status is about the address (5.1.x: no such user or domain) or a disabled
+    mailbox (5.2.1), or, without one, 550, 551 or 553. A policy refusal (5.7.x: relaying denied,
+    our server blocked) or a full mailbox (5.2.2) says nothing lasting about the address."""
+    if not 500 <= code < 600:
+        return False
+    enhanced = _ENHANCED_STATUS.match(reply.strip())
+    if enhanced:
+        return enhanced[1] == "1" or (enhanced[1], enhanced[2]) == ("2", "1")
+    return code in (550, 551, 553)
 
 
 class Connection(Protocol):
@@ -98,7 +118,9 @@ class SmtpConnection:
             self.smtp.sendmail(sender, [recipient], message)
         except smtplib.SMTPRecipientsRefused as exc:
             code, reply = next(iter(exc.recipients.values()))
-            raise self._refused(f"recipient refused: {code} {_reply_text(reply)}", code) from exc
+            refusal = self._refused(f"recipient refused: {code} {_reply_text(reply)}", code)
+            refusal.bad_address = address_rejected(code, _reply_text(reply))
+            raise refusal from exc
         except smtplib.SMTPResponseException as exc:
             code = exc.smtp_code
             raise self._refused(f"SMTP error: {code} {_reply_text(exc.smtp_error)}", code) from exc

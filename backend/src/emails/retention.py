@@ -1,6 +1,6 @@
 """How long the outbox keeps what is finished: sent emails, with their attempts, for
-EMAIL_RETENTION_DAYS; failed and cancelled ones for EMAIL_FAILED_RETENTION_DAYS (an operator may
-still want to retry those). Pending and sending rows are never touched.
+EMAIL_RETENTION_DAYS; failed, cancelled and suppressed ones for EMAIL_FAILED_RETENTION_DAYS (an
+operator may still want to retry those). Pending and sending rows are never touched.
 
 Deleted in batches of BATCH rows, each in its own short transaction, so a purge of millions of rows
 never holds the outbox's locks for long or grows one huge transaction.
@@ -25,7 +25,7 @@ def _expired() -> ColumnElement[bool]:
     return or_(
         and_(EmailQueue.status == EmailStatus.sent, EmailQueue.updated_at < sent_before),
         and_(
-            EmailQueue.status.in_([EmailStatus.failed, EmailStatus.cancelled]),
+            EmailQueue.status.in_([EmailStatus.failed, EmailStatus.cancelled, EmailStatus.suppressed]),
             EmailQueue.updated_at < failed_before,
         ),
     )

@@ -102,13 +102,17 @@ class EmailService:
 
     @staticmethod
     def retry(session: Session, email_ids: list[int] | None, org_id: int | None = None) -> list[int]:
-        """Give failed or cancelled emails a fresh set of attempts; `None` means every failed one.
+        """Give failed, cancelled or suppressed emails a fresh set of attempts; `None` means every
+        failed one. A suppressed email retried goes out if its address's suppression was lifted,
+        and ends `suppressed` again if not.
 
         Returns the ids that changed. Only those states move, in one conditional UPDATE, so a retry
         can never touch an email being sent or already delivered.
         """
         retryable = (
-            [EmailStatus.failed, EmailStatus.cancelled] if email_ids is not None else [EmailStatus.failed]
+            [EmailStatus.failed, EmailStatus.cancelled, EmailStatus.suppressed]
+            if email_ids is not None
+            else [EmailStatus.failed]
         )
         query = update(EmailQueue).where(EmailQueue.status.in_(retryable))
         if email_ids is not None:
