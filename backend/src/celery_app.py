@@ -1,12 +1,14 @@
 """The one Celery app: `celery -A src.celery_app worker|beat|inspect` from `backend/`.
 
-Delivery state lives in the database; Redis only carries wake-up calls. Hence late acks (a killed
-worker's message is redelivered), one prefetched message per process, and a visibility timeout
-longer than any email claim lease so Redis never redelivers work whose claim is still alive.
+Delivery state lives in the database; the broker (Redis, or RabbitMQ with CELERY_BROKER_URL) only
+carries wake-up calls. Hence late acks (a killed worker's message is redelivered) and one prefetched
+message per process. How the broker takes back an unacknowledged message differs: see
+`broker_transport_options`.
 """
 
 import logging
 from typing import Any
+from urllib.parse import urlsplit
 
 from celery import Celery, signals
 from celery.schedules import crontab
@@ -17,9 +19,28 @@ from src.config import settings
 from src.outages import fold_outage_tracebacks
 from src.redis_client import celery_transport_options
 
+
+def broker_transport_options(broker_url: str) -> dict[str, object]:
+    """Redis has no acknowledgements: it redelivers a message unacknowledged after the visibility
+    timeout, so that is kept far above an email claim's lease (a live claim is never redelivered).
+    RabbitMQ returns a message to the queue as soon as the worker holding it disconnects (a killed
+    worker's claims then wait for their lease to end), and closes the channel of a consumer that holds
+    one longer than its `consumer_timeout` (30 min by default): keep that above the longest task, a
+    queue run of EMAIL_QUEUE_INTERVAL plus one batch. Either way a redelivered wake-up only finds claims
+    still held, or sends what is due: the database decides, never the broker."""
+    if urlsplit(broker_url).scheme not in ("redis", "rediss", "sentinel", "unix"):
+        return {}
+    return {
+        **celery_transport_options(),
+        "visibility_timeout": settings.email_lease_seconds * 4,
+        "socket_connect_timeout": 2,
+        "socket_timeout": 5,
+    }
+
+
 app = Celery(
     "herald",
-    broker=settings.redis_url,
+    broker=settings.broker_url,
     backend=settings.redis_url,
     include=[
         "src.emails.tasks.email_tasks",
@@ -45,13 +66,8 @@ app.conf.update(
     result_expires=3600,
     broker_connection_retry_on_startup=True,
     result_backend_transport_options=celery_transport_options(),
-    broker_transport_options={
-        **celery_transport_options(),
-        "visibility_timeout": settings.email_lease_seconds * 4,
-        "socket_connect_timeout": 2,
-        "socket_timeout": 5,
-    },
-    # Publishing happens after a commit; a Redis outage must not stall the caller for long.
+    broker_transport_options=broker_transport_options(settings.broker_url),
+    # Publishing happens after a commit; a broker outage must not stall the caller for long.
     task_publish_retry_policy={
         "max_retries": 2,
         "interval_start": 0,

@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     database_url: str = "sqlite:///./herald.db"
     redis_url: str = "redis://localhost:6379/0"
     redis_sentinel_master: str = ""  # set to use Sentinel: REDIS_URL then lists the sentinels
+    # Celery's broker, e.g. amqp://herald:secret@rabbit:5672/herald; empty: REDIS_URL. Redis keeps the
+    # live fan-out, the rate limits and Celery's (unused) result backend either way.
+    celery_broker_url: str = ""
     secret_key: str = DEFAULT_SECRET_KEY
     access_token_expire_minutes: int = 60
     public_base_url: str = ""  # base of emailed links; empty: the API this machine serves on PORT
@@ -108,6 +111,10 @@ class Settings(BaseSettings):
     @property
     def is_production(self) -> bool:
         return self.environment.strip().lower() == "production"
+
+    @property
+    def broker_url(self) -> str:
+        return self.celery_broker_url or self.redis_url
 
     @property
     def public_url(self) -> str:

@@ -221,14 +221,14 @@ def _wake_workers() -> None:
 
     ids = _owed[:]
     _owed.clear()
-    if not ids or outages.broker.down:  # known down: do not wait for another refusal
+    if not ids or outages.celery_broker.down:  # known down: do not wait for another refusal
         return
     try:
         for start in range(0, len(ids), settings.email_batch_size):
             batch = ids[start : start + settings.email_batch_size]
             send_email_async.delay(batch[0], batch[1:])
     except Exception as exc:  # the broker is optional for correctness: the processor sends them
-        if outages.broker.failed(exc):
+        if outages.celery_broker.failed(exc):
             log.warning("%d email(s) not published; the queue processor will send them", len(ids))
         return
-    outages.broker.ok()
+    outages.celery_broker.ok()
