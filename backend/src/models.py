@@ -7,10 +7,19 @@ from src.idempotency.models import IdempotencyKey
 from src.invitations.models import Invitation
 from src.notifications.models import Notification, NotificationRead, NotificationSequence
 from src.orgs.models import Membership, Organization
+from src.preferences.models import (
+    DigestItem,
+    DigestSchedule,
+    NotificationPreference,
+    OrgNotificationDefault,
+    TaskMute,
+)
 from src.tasks.models import Task, TaskEvent, task_watchers
 
 __all__ = [
     "Base",
+    "DigestItem",
+    "DigestSchedule",
     "EmailAttempt",
     "EmailQueue",
     "IdempotencyKey",
@@ -18,10 +27,13 @@ __all__ = [
     "Membership",
     "Notification",
     "NotificationRead",
+    "NotificationPreference",
     "NotificationSequence",
+    "OrgNotificationDefault",
     "Organization",
     "Task",
     "TaskEvent",
+    "TaskMute",
     "User",
     "task_watchers",
 ]
