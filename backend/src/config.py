@@ -86,6 +86,10 @@ class Settings(BaseSettings):
     email_backoff_max_seconds: float = 3600.0
     email_processor_concurrency: int = 2
     email_max_body_bytes: int = 1_000_000
+    email_digest_seconds: int = 3600  # an hourly digest's window; daily ones go out at a local hour
+    email_digest_check_seconds: float = 60.0  # how often beat looks for digests whose window closed
+    unsubscribe_mailto: str = ""  # an address for List-Unsubscribe's mailto: (its mail is read by you)
+    unsubscribe_token_days: int = 365  # how long an emailed unsubscribe link works
 
     @property
     def is_production(self) -> bool:

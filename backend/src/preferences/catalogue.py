@@ -68,3 +68,5 @@ CATALOGUE: dict[str, EventKind] = {
     )
 }
 EVENT_TYPE_OF_NOTIFICATION = {kind.notification_type: kind.type for kind in CATALOGUE.values()}
+# Every type a notification or email can have: what `GET /api/notifications?type=` accepts.
+AnyEventType = enum.StrEnum("AnyEventType", {name: name for name in CATALOGUE})
