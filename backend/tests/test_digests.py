@@ -21,15 +21,11 @@ STATUSES = ["in_progress", "in_review", "done", "in_progress", "done"]
 
 
 @pytest.fixture
-def digest_team(client, make_user, make_org):
+def digest_team(client, make_user, make_org, make_task):
     """Ann reported a task Bob works on; Dave watches it and chose digests. Ann mails at once."""
     ann, bob, dave = make_user("ann"), make_user("bob"), make_user("dave")
     org_id = make_org(ann, bob, dave)
-    task = client.post(
-        f"/api/orgs/{org_id}/tasks",
-        json={"title": "Fix login", "assignee_id": bob.id, "watcher_ids": [dave.id]},
-        headers=ann.headers,
-    ).json()
+    task = make_task(org_id, ann, bob, dave)
     choice = {"preferences": {"task_status_changed": {"email": "digest"}}}
     assert client.put("/api/me/preferences", json=choice, headers=dave.headers).status_code == 200
     with SessionLocal() as session:

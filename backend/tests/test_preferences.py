@@ -14,16 +14,12 @@ from src.preferences.service import recipient_choices
 
 
 @pytest.fixture
-def crew(client, make_user, make_org):
+def crew(make_user, make_org, make_task):
     """Alice owns the organization; Bob is assigned a task Alice reported, Carol and Dave watch it.
     The invitations' emails and notifications are out of the way."""
     alice, bob, carol, dave = (make_user(n) for n in ("alice", "bob", "carol", "dave"))
     org_id = make_org(alice, bob, carol, dave)
-    task = client.post(
-        f"/api/orgs/{org_id}/tasks",
-        json={"title": "Fix login", "assignee_id": bob.id, "watcher_ids": [carol.id, dave.id]},
-        headers=alice.headers,
-    ).json()
+    task = make_task(org_id, alice, bob, carol, dave)
     with SessionLocal() as session:
         session.execute(delete(EmailQueue))
         session.execute(delete(Notification))

@@ -16,15 +16,11 @@ from tests.test_emails import wait_until
 
 
 @pytest.fixture
-def mailed(client, make_user, make_org, worker, sink):
+def mailed(client, make_user, make_org, make_task, worker, sink):
     """A status change mailed to Alice and Carol; returns (task, alice, bob, carol, their emails)."""
     alice, bob, carol = (make_user(n) for n in ("alice", "bob", "carol"))
     org_id = make_org(alice, bob, carol)
-    task = client.post(
-        f"/api/orgs/{org_id}/tasks",
-        json={"title": "Fix login", "assignee_id": bob.id, "watcher_ids": [carol.id]},
-        headers=alice.headers,
-    ).json()
+    task = make_task(org_id, alice, bob, carol)
     wait_until(lambda: len(sink.messages) == 2, message="the invitations' emails")
     sink.messages.clear()
     client.patch(f"/api/tasks/{task['id']}", json={"status": "in_progress"}, headers=bob.headers)

@@ -9,26 +9,28 @@ from sqlalchemy.orm import Mapped, mapped_column
 from src.db import Base, UTCDateTime, utcnow
 
 
-class NotificationPreference(Base):
-    """A user's own choice for one event type and channel; overrides their organizations' defaults."""
+class _Choice:
+    """One value for one event type and channel (see `src.preferences.catalogue`)."""
+
+    event_type: Mapped[str] = mapped_column(String(40), primary_key=True)
+    channel: Mapped[str] = mapped_column(String(10), primary_key=True)
+    value: Mapped[str] = mapped_column(String(10))
+
+
+class NotificationPreference(_Choice, Base):
+    """A user's own choice; overrides their organizations' defaults."""
 
     __tablename__ = "notification_preferences"
 
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
-    event_type: Mapped[str] = mapped_column(String(40), primary_key=True)
-    channel: Mapped[str] = mapped_column(String(10), primary_key=True)
-    value: Mapped[str] = mapped_column(String(10))
 
 
-class OrgNotificationDefault(Base):
-    """What an organization's members get for one event type and channel unless they chose."""
+class OrgNotificationDefault(_Choice, Base):
+    """What an organization's members get unless they chose."""
 
     __tablename__ = "org_notification_defaults"
 
     org_id: Mapped[int] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), primary_key=True)
-    event_type: Mapped[str] = mapped_column(String(40), primary_key=True)
-    channel: Mapped[str] = mapped_column(String(10), primary_key=True)
-    value: Mapped[str] = mapped_column(String(10))
 
 
 class TaskMute(Base):

@@ -16,6 +16,7 @@ from fastapi.templating import Jinja2Templates
 from src.auth.deps import DbSession
 from src.auth.models import User
 from src.errors import Forbidden, Invalid
+from src.http_guards import page_headers
 from src.preferences import service
 from src.preferences.catalogue import CATALOGUE, EMAIL_CHOICES
 from src.preferences.schemas import UnsubscribeOut
@@ -24,15 +25,7 @@ from src.preferences.unsubscribe import emailed_types, preferences_url, read_tok
 router = APIRouter(include_in_schema=False)
 public_router = APIRouter(tags=["preferences"])
 _templates = Jinja2Templates(directory=Path(__file__).parent / "templates")  # autoescapes .html
-_HEADERS = {
-    "x-content-type-options": "nosniff",
-    "content-security-policy": (
-        "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'self'; "
-        "frame-ancestors 'none'"
-    ),
-    "referrer-policy": "no-referrer",
-    "cache-control": "no-store",
-}
+_HEADERS = {**page_headers("'self'"), "cache-control": "no-store"}
 
 
 def _user(session: DbSession, token: str) -> tuple[User, list[str]]:
