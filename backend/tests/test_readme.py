@@ -77,6 +77,9 @@ SAYS = {
     r"curl -s localhost:5555/api/workers\?refresh=1": '"celery@',
     r"(make|celery -A src\.celery_app) inspect (active|ping)": "celery@",
     r"\.venv/bin/python -m src\.emails\.cli list --status failed": "no emails match",
+    r'curl -s -H "Authorization: Bearer \$ALICE" -X PATCH .*': '"status":"in_review"',
+    r"curl -s -X POST localhost:8000/api/tasks/1/mute .*": '"muted":true',
+    r'curl -s -X POST "?\$URL"? .*': '"you will get no more of these emails"',
 }
 
 
