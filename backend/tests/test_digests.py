@@ -43,7 +43,9 @@ def five_changes(client, task, ann, bob):
 
 def emails_to(address):
     with SessionLocal() as session:
-        return list(session.scalars(select(EmailQueue).where(EmailQueue.to_email == address)))
+        return list(
+            session.scalars(select(EmailQueue).where(EmailQueue.to_email == address).order_by(EmailQueue.id))
+        )
 
 
 def backdate_items(seconds):

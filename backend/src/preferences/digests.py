@@ -145,7 +145,15 @@ def _draft(session: Session, user_id: int, item_ids: list[int], key: str) -> Ema
     schedule = session.get(DigestSchedule, user_id)
     zone = ZoneInfo(schedule.timezone if schedule else "UTC")
     rows = session.execute(
-        select(DigestItem.event_type, TaskEvent, Task.id, Task.title, Organization.name, User.name)
+        select(
+            DigestItem.event_type,
+            TaskEvent,
+            Task.id,
+            Task.title,
+            Organization.id,
+            Organization.name,
+            User.name,
+        )
         .join(TaskEvent, TaskEvent.id == DigestItem.event_id)
         .join(Task, Task.id == DigestItem.task_id)
         .join(Organization, Organization.id == DigestItem.org_id)
@@ -155,7 +163,8 @@ def _draft(session: Session, user_id: int, item_ids: list[int], key: str) -> Ema
     ).all()
     tasks: dict[int, _TaskChanges] = {}
     org_names = {one_line(org_name) for *_, org_name, _ in rows}
-    for _event_type, event, task_id, title, org_name, actor_name in rows:
+    org_ids = {org_id for *_, org_id, _, _ in rows}
+    for _event_type, event, task_id, title, _org_id, org_name, actor_name in rows:
         changes = tasks.get(task_id)
         if changes is None:
             changes = tasks[task_id] = _TaskChanges(
@@ -183,7 +192,6 @@ def _draft(session: Session, user_id: int, item_ids: list[int], key: str) -> Ema
         preferences_url=preferences_url(),
     )
     [org_name] = org_names if len(org_names) == 1 else ["Herald"]
-    org_ids = {task.org_id for task in session.scalars(select(Task).where(Task.id.in_(tasks)))}
     return EmailDraft(
         to_email=to_email,
         to_name=recipient_name,
