@@ -47,6 +47,7 @@ app = Celery(
         "src.notifications.tasks.notification_tasks",
         "src.idempotency.tasks.idempotency_tasks",
         "src.ops.retention",
+        "src.preferences.tasks.digest_tasks",
     ],
 )
 app.conf.update(
@@ -86,6 +87,10 @@ app.conf.update(
         "publish-notifications": {
             "task": "src.notifications.tasks.notification_tasks.publish_notifications",
             "schedule": settings.notification_publish_interval,
+        },
+        "build-digests": {
+            "task": "src.preferences.tasks.digest_tasks.build_digests",
+            "schedule": settings.email_digest_check_seconds,
         },
         "delete-expired-idempotency-keys": {
             "task": "src.idempotency.tasks.idempotency_tasks.delete_expired_idempotency_keys",

@@ -107,6 +107,10 @@ class Settings(BaseSettings):
     email_retention_days: Annotated[int, Field(ge=1)] = 30  # sent emails and their attempts
     email_failed_retention_days: Annotated[int, Field(ge=1)] = 90  # failed and cancelled ones
     notification_retention_days: Annotated[int, Field(ge=1)] = 90  # read notifications, and broadcasts
+    email_digest_seconds: int = 3600  # an hourly digest's window; daily ones go out at a local hour
+    email_digest_check_seconds: float = 60.0  # how often beat looks for digests whose window closed
+    unsubscribe_mailto: str = ""  # an address for List-Unsubscribe's mailto: (its mail is read by you)
+    unsubscribe_token_days: int = 365  # how long an emailed unsubscribe link works
 
     @property
     def is_production(self) -> bool:

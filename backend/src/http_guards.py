@@ -19,6 +19,19 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 API_HEADERS = {"x-content-type-options": "nosniff", "cache-control": "no-store"}
 
 
+def page_headers(form_action: str = "'none'") -> dict[str, str]:
+    """What a public page outside /api sends: no script, nothing loaded, forms only to
+    `form_action`, never framed, no referrer."""
+    return {
+        "x-content-type-options": "nosniff",
+        "content-security-policy": (
+            f"default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action {form_action}; "
+            "frame-ancestors 'none'"
+        ),
+        "referrer-policy": "no-referrer",
+    }
+
+
 class ApiHeaders:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app

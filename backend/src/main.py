@@ -28,6 +28,9 @@ from src.ops.health import router as health_router
 from src.ops.metrics import router as metrics_router
 from src.orgs.api import router as orgs_router
 from src.outages import fold_outage_tracebacks
+from src.preferences.api import router as preferences_router
+from src.preferences.pages import public_router as unsubscribe_router
+from src.preferences.pages import router as preference_pages_router
 from src.tasks.api import router as tasks_router
 from src.tasks.page import router as task_page_router
 
@@ -98,9 +101,12 @@ for router in (
     webhooks_router,
     notifications_router,
     notifications_ws_router,
+    preferences_router,
 ):
     api.include_router(router)
 app.include_router(api)
 app.include_router(metrics_router)
 app.include_router(health_router)
 app.include_router(task_page_router)  # where status emails link, outside /api
+app.include_router(preference_pages_router)  # where emails' unsubscribe and preferences links lead
+app.include_router(unsubscribe_router)  # the one-click POST, in the schema

@@ -7,22 +7,34 @@ from src.idempotency.models import IdempotencyKey
 from src.invitations.models import Invitation
 from src.notifications.models import Notification, NotificationRead, NotificationSequence
 from src.orgs.models import Membership, Organization
+from src.preferences.models import (
+    DigestItem,
+    DigestSchedule,
+    NotificationPreference,
+    OrgNotificationDefault,
+    TaskMute,
+)
 from src.tasks.models import Task, TaskEvent, task_watchers
 
 __all__ = [
     "Base",
+    "DigestItem",
+    "DigestSchedule",
     "EmailAttempt",
     "EmailQueue",
     "IdempotencyKey",
     "Invitation",
     "Membership",
     "Notification",
+    "NotificationPreference",
     "NotificationRead",
     "NotificationSequence",
+    "OrgNotificationDefault",
     "Organization",
     "Suppression",
     "Task",
     "TaskEvent",
+    "TaskMute",
     "User",
     "task_watchers",
 ]

@@ -203,6 +203,23 @@ def make_org(client, join):
     return make
 
 
+@pytest.fixture
+def make_task(client):
+    """A task `reporter` creates in the organization, with an assignee and watchers if given."""
+
+    def make(org_id: int, reporter: Caller, assignee: Caller | None = None, *watchers: Caller) -> dict:
+        body = {
+            "title": "Fix login",
+            "assignee_id": assignee.id if assignee else None,
+            "watcher_ids": [w.id for w in watchers],
+        }
+        response = client.post(f"/api/orgs/{org_id}/tasks", json=body, headers=reporter.headers)
+        assert response.status_code == 201, response.text
+        return response.json()
+
+    return make
+
+
 @pytest.fixture(scope="session")
 def smtp_sink():
     from src.devserver.smtp_sink import SmtpSink

@@ -73,7 +73,10 @@ def test_templates_autoescape_html_only():
         new_status="done",
         task_url="http://h/tasks/1",
         org_name="Acme & Co",
+        unsubscribe_url="http://h/unsubscribe/t?a=1&b=2",
+        preferences_url="http://h/preferences",
     )
+    assert 'href="http://h/unsubscribe/t?a=1&amp;b=2"' in html
     assert "&lt;script&gt;" in html and "<script>" not in html and "Acme &amp; Co" in html
     assert "<script>x</script>" in text
 

@@ -79,6 +79,9 @@ SAYS = {
     r"(make|celery -A src\.celery_app) inspect (active|ping)": "celery@",
     r"\.venv/bin/python -m src\.emails\.cli list --status failed": "no emails match",
     r"\.venv/bin/python -m src\.emails\.cli suppressions": "no address is suppressed",
+    r'curl -s -H "Authorization: Bearer \$ALICE" -X PATCH .*': '"status":"in_review"',
+    r"curl -s -X POST localhost:8000/api/tasks/1/mute .*": '"muted":true',
+    r'curl -s -X POST "?\$URL"? .*': '"you will get no more of these emails"',
 }
 
 

@@ -1,7 +1,7 @@
 """email suppressions
 
 Revision ID: 0007
-Revises: 0005
+Revises: 0006
 
 `email_queue.status` is a VARCHAR(20) without a CHECK constraint (a non-native Enum), so the new
 status `suppressed` needs no change to it; a downgrade turns those rows into `failed`, a status the
@@ -15,7 +15,7 @@ from alembic import op
 
 # revision identifiers, used by Alembic.
 revision: str = "0007"
-down_revision: str | Sequence[str] | None = "0005"
+down_revision: str | Sequence[str] | None = "0006"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -28,6 +28,7 @@ def compose_message(
     body_html: str | None,
     message_id: str,
     date: datetime,
+    headers: dict[str, str] | None = None,
 ) -> str:
     """The MIME message exactly as it will be sent: 7-bit clean, RFC 2047 headers where needed.
 
@@ -43,4 +44,6 @@ def compose_message(
     message["Subject"] = _header(subject)
     message["Message-ID"] = message_id
     message["Date"] = format_datetime(date)
+    for name, value in (headers or {}).items():  # ASCII, checked for CR/LF by the caller
+        message[name] = value
     return message.as_string(policy=_SMTP_COMPAT32)

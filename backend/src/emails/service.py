@@ -58,6 +58,7 @@ class EmailDraft:
     priority: int = 0
     dedupe_key: str | None = None
     max_attempts: int | None = None
+    headers: dict[str, str] | None = None  # more headers, e.g. List-Unsubscribe; ASCII only
 
 
 class EmailService:
@@ -175,6 +176,10 @@ def _new_row(draft: EmailDraft) -> dict[str, Any]:
     to_email = normalized_address(draft.to_email)
     _check_header("subject", draft.subject)
     _check_header("recipient name", draft.to_name)
+    for name, value in (draft.headers or {}).items():
+        _check_header(name, name + value)
+        if not (name + value).isascii():
+            raise Invalid(f"{name} must be ASCII")
     subject, to_name = visible(draft.subject).strip(), visible(draft.to_name).strip()
     if not subject:
         raise Invalid("subject must not be empty")
@@ -187,7 +192,9 @@ def _new_row(draft: EmailDraft) -> dict[str, Any]:
         raise Invalid(f"body is {size} bytes; the limit is {settings.email_max_body_bytes}")
     message_id = f"<{uuid.uuid4().hex}@{_message_id_domain()}>"
     now = utcnow()
-    mime = compose_message(to_email, to_name, subject, draft.body_text, draft.body_html, message_id, now)
+    mime = compose_message(
+        to_email, to_name, subject, draft.body_text, draft.body_html, message_id, now, draft.headers
+    )
     return {
         "org_id": draft.org_id,
         "to_email": to_email,

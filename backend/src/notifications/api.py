@@ -26,6 +26,7 @@ from src.notifications.schemas import (
 from src.notifications.service import NotificationService, to_payload
 from src.notifications.sse import EventStream
 from src.orgs.service import require_manager
+from src.preferences.catalogue import AnyEventType
 from src.validation import MAX_SEQ, PathId, QueryId
 
 log = logging.getLogger("herald.live")
@@ -39,8 +40,9 @@ def inbox(
     unread: bool = False,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     before: QueryId = None,
+    type: Annotated[AnyEventType | None, Query(description="only this event type")] = None,
 ) -> NotificationPage:
-    items = NotificationService.inbox(session, user.id, unread, limit, before)
+    items = NotificationService.inbox(session, user.id, unread, limit, before, type)
     return NotificationPage(items=items, next_before=items[-1]["id"] if len(items) == limit else None)
 
 

@@ -11,6 +11,7 @@ class NotificationOut(BaseModel):
     seq: int | None
     org_id: int
     type: str
+    event_type: str = Field(description="its type in the preferences' catalogue, for `?type=`")
     title: str
     body: str
     data: dict[str, Any]

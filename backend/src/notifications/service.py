@@ -18,6 +18,7 @@ from src.db import SessionLocal, after_commit, insert_ignoring_duplicates, utcno
 from src.errors import NotFound
 from src.notifications.models import Notification, NotificationRead, NotificationSequence
 from src.orgs.models import Membership
+from src.preferences.catalogue import CATALOGUE, EVENT_TYPE_OF_NOTIFICATION
 from src.redis_client import sync_redis
 from src.text import one_line
 
@@ -91,6 +92,7 @@ def to_payload(notification: Notification, read_at: object = None) -> dict[str, 
         "seq": notification.seq,
         "org_id": notification.org_id,
         "type": notification.type,
+        "event_type": EVENT_TYPE_OF_NOTIFICATION.get(notification.type, notification.type),
         "title": notification.title,
         "body": notification.body,
         "data": notification.data,
@@ -146,9 +148,15 @@ class NotificationService:
 
     @staticmethod
     def inbox(
-        session: Session, user_id: int, unread_only: bool, limit: int, before: int | None
+        session: Session,
+        user_id: int,
+        unread_only: bool,
+        limit: int,
+        before: int | None,
+        event_type: str | None = None,
     ) -> list[dict[str, Any]]:
-        """Newest first; `before` is the id of the last notification of the previous page."""
+        """Newest first; `before` is the id of the last notification of the previous page;
+        `event_type` one of the catalogue's (`src.preferences.catalogue`)."""
         query = (
             select(Notification, NotificationRead.read_at)
             .outerjoin(
@@ -163,6 +171,8 @@ class NotificationService:
             query = query.where(NotificationRead.read_at.is_(None))
         if before is not None:
             query = query.where(Notification.id < before)
+        if event_type is not None:
+            query = query.where(Notification.type == CATALOGUE[event_type].notification_type)
         rows = session.execute(query.order_by(Notification.id.desc()).limit(limit))
         return [to_payload(n, read_at) for n, read_at in rows]
 

@@ -11,18 +11,12 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
+from src.http_guards import page_headers
 from src.validation import PathId
 
 router = APIRouter(include_in_schema=False)
 _templates = Jinja2Templates(directory=Path(__file__).parent / "templates")  # autoescapes .html
-_HEADERS = {
-    "x-content-type-options": "nosniff",
-    "content-security-policy": (
-        "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; "
-        "frame-ancestors 'none'"
-    ),
-    "referrer-policy": "no-referrer",
-}
+_HEADERS = page_headers()
 
 
 def task_page_url(base_url: str, task_id: int) -> str:

@@ -14,6 +14,10 @@ from src.errors import Invalid, NotFound
 from src.notifications.service import NotificationService
 from src.orgs.models import Membership, Organization
 from src.orgs.service import member_ids, require_member
+from src.preferences import digests
+from src.preferences.catalogue import EventType
+from src.preferences.service import recipient_choices
+from src.preferences.unsubscribe import list_unsubscribe_headers, preferences_url, unsubscribe_url
 from src.ratelimit import limit
 from src.tasks.models import Task, TaskEvent, TaskStatus
 from src.tasks.page import task_page_url
@@ -156,12 +160,20 @@ def change_status(session: Session, task: Task, actor: User, new_status: TaskSta
     task.status = new_status
     session.flush()
     recipients = audience(session, task, actor)
-    recipient_ids = [user.id for user in recipients]
-    _queue_status_emails(session, task, actor, recipients, old_status.value, new_status.value, event.id)
+    event_type = EventType.task_status_changed
+    choices = recipient_choices(session, task.org_id, event_type, [user.id for user in recipients], task.id)
+    by_email = {"immediate": [], "digest": [], "off": []}
+    for user in recipients:
+        by_email[choices[user.id].email].append(user)
+    _queue_status_emails(
+        session, task, actor, by_email["immediate"], old_status.value, new_status.value, event.id
+    )
+    digest_ids = [user.id for user in by_email["digest"]]
+    digests.collect(session, digest_ids, task.org_id, task.id, event.id, event_type)
     NotificationService.notify(
         session,
         task.org_id,
-        recipient_ids,
+        [user.id for user in recipients if choices[user.id].in_app],
         "task.status_changed",
         f"{actor.name} moved “{task.title}” to {new_status.value}",
         data={
@@ -183,6 +195,8 @@ def _queue_status_emails(
     event_id: int,
 ) -> None:
     """One email per recipient, in the status change's transaction; a replay queues nothing new."""
+    if not recipients:
+        return
     org = session.get_one(Organization, task.org_id)
     task_url = task_page_url(settings.public_url, task.id)  # a page: the API answers a browser 401
     # Every piece of user text on one line of its own: a newline in a title would forge lines of
@@ -198,6 +212,7 @@ def _queue_status_emails(
             log.warning("no status email for user %s: %s", recipient.id, exc.detail)
             continue
         recipient_name = one_line(recipient.name)
+        unsubscribe = unsubscribe_url(recipient.id, [EventType.task_status_changed])
         text, html = render(
             "task_status_changed",
             recipient_name=recipient_name,
@@ -207,6 +222,8 @@ def _queue_status_emails(
             new_status=new_status,
             task_url=task_url,
             org_name=org_name,
+            unsubscribe_url=unsubscribe,
+            preferences_url=preferences_url(),
         )
         drafts.append(
             EmailDraft(
@@ -217,13 +234,17 @@ def _queue_status_emails(
                 body_html=html,
                 org_id=task.org_id,
                 dedupe_key=f"task-event:{event_id}:user:{recipient.id}",
+                headers=list_unsubscribe_headers(unsubscribe),
             )
         )
     EmailService.queue_emails(session, drafts)
 
 
 def _notify_assignee(session: Session, task: Task, actor: User) -> None:
-    if task.assignee_id is not None and task.assignee_id != actor.id:
+    if task.assignee_id is None or task.assignee_id == actor.id:
+        return
+    choices = recipient_choices(session, task.org_id, EventType.task_assigned, [task.assignee_id], task.id)
+    if choices[task.assignee_id].in_app:
         NotificationService.notify(
             session,
             task.org_id,
