@@ -6,6 +6,8 @@ keys, a profile, an instance or task role); AWS_REGION and the keys may also be 
 One boto3 client per connection: it is thread-safe and keeps its HTTPS connections alive.
 """
 
+import functools
+import threading
 from collections.abc import Hashable
 from typing import Any
 
@@ -24,25 +26,39 @@ PERMANENT_ERRORS = frozenset(
 # 5xx, a paused account, wrong credentials) can pass once it is over or fixed: retried with backoff.
 
 
+_sessions_lock = threading.Lock()
+
+
+@functools.lru_cache(maxsize=4)
+def _session(access_key_id: str, secret_access_key: str, session_token: str, region: str) -> boto3.Session:
+    """One per process and set of settings: a session loads SES's API description once (a quarter
+    of a second), and each connection's client is then made from it in milliseconds. Empty values
+    leave it to AWS's usual chain."""
+    return boto3.session.Session(
+        aws_access_key_id=access_key_id or None,
+        aws_secret_access_key=secret_access_key or None,
+        aws_session_token=session_token or None,
+        region_name=region or None,
+    )
+
+
 class SesConnection:
     def __init__(self, settings: Settings) -> None:
-        self.region = settings.aws_region or None
         self.configuration_set = settings.ses_configuration_set
-        self.client = boto3.session.Session(
-            aws_access_key_id=settings.aws_access_key_id or None,
-            aws_secret_access_key=settings.aws_secret_access_key or None,
-            aws_session_token=settings.aws_session_token or None,
-            region_name=self.region,
-        ).client(
-            "sesv2",
-            endpoint_url=settings.ses_endpoint_url or None,
-            config=Config(
-                connect_timeout=settings.smtp_timeout,
-                read_timeout=settings.smtp_timeout,
-                # One quick retry for a blip; longer waits are the outbox's backoff, not a held worker.
-                retries={"mode": "standard", "total_max_attempts": 2},
-            ),
-        )
+        with _sessions_lock:  # a boto3 session is not thread-safe; the clients it makes are
+            self.client = _session(
+                settings.aws_access_key_id, settings.aws_secret_access_key, settings.aws_session_token,
+                settings.aws_region,
+            ).client(
+                "sesv2",
+                endpoint_url=settings.ses_endpoint_url or None,
+                config=Config(
+                    connect_timeout=settings.smtp_timeout,
+                    read_timeout=settings.smtp_timeout,
+                    # One quick retry for a blip; longer waits are the outbox's backoff, not a held worker.
+                    retries={"mode": "standard", "total_max_attempts": 2},
+                ),
+            )
 
     def send(self, sender: str, recipient: str, message: bytes) -> None:
         request: dict[str, Any] = {
