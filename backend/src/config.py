@@ -16,6 +16,7 @@ DEFAULT_SECRET_KEY = "dev-only-insecure-secret-key-change-me-in-production"
 # Keys anyone who has read the repository knows: the built-in default, what `.env.example` ships
 # (read from it, so a new placeholder is covered too) and the placeholder it used to ship.
 _PUBLISHED_SECRET_KEYS = {DEFAULT_SECRET_KEY, "change-me-to-a-long-random-value"}
+SNS_HOSTS = r"sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?"  # where AWS serves SNS's signing certificates
 
 
 def _one_rate_limit(value: str) -> str:
@@ -96,7 +97,7 @@ class Settings(BaseSettings):
     ses_sns_topic_arn: str = ""
     # Hosts SNS's signing certificates (and subscription confirmations) may be fetched from, always
     # over HTTPS: a regular expression the whole host name must match.
-    ses_sns_cert_host_pattern: Annotated[str, AfterValidator(_regex)] = r"sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?"
+    ses_sns_cert_host_pattern: Annotated[str, AfterValidator(_regex)] = SNS_HOSTS
     smtp_host: str = ""
     smtp_port: int = 587
     smtp_user: str = ""

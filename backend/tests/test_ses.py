@@ -23,6 +23,7 @@ from src.emails.ses import SesConnection
 from tests.conftest import RUN_DIR
 
 REGION = "eu-west-1"
+MESSAGE = b"Subject: x\r\n\r\nx"
 
 
 @pytest.fixture(scope="module")
@@ -99,12 +100,13 @@ def status_change_email(client, make_user, make_org) -> EmailQueue:
     """Alice moves a task Bob watches to done: the email Herald queues for Bob."""
     alice, bob = make_user("alice"), make_user("bob")
     org_id = make_org(alice, bob)
-    task = client.post(
-        f"/api/orgs/{org_id}/tasks", json={"title": "Ship SES", "watcher_ids": [bob.id]}, headers=alice.headers
-    ).json()
-    assert client.patch(f"/api/tasks/{task['id']}", json={"status": "done"}, headers=alice.headers).is_success
+    new_task = {"title": "Ship SES", "watcher_ids": [bob.id]}
+    task = client.post(f"/api/orgs/{org_id}/tasks", json=new_task, headers=alice.headers).json()
+    done = client.patch(f"/api/tasks/{task['id']}", json={"status": "done"}, headers=alice.headers)
+    assert done.status_code == 200, done.text
     with SessionLocal() as session:
-        return session.scalars(select(EmailQueue).where(EmailQueue.dedupe_key.startswith("task-event:"))).one()
+        status_email = select(EmailQueue).where(EmailQueue.dedupe_key.startswith("task-event:"))
+        return session.scalars(status_email).one()
 
 
 def test_a_status_change_email_goes_out_through_ses_as_composed(ses, client, make_user, make_org):
@@ -146,7 +148,7 @@ def test_an_unverified_sender_fails_for_good_with_ses_reason(ses, client, make_u
 def test_an_unreachable_endpoint_is_retried_on_a_new_connection(aws, monkeypatch):
     monkeypatch.setattr(settings, "ses_endpoint_url", f"http://127.0.0.1:{free_port()}")  # nothing listens
     with pytest.raises(DeliveryError) as refused:
-        get_backend(settings).connect().send("noreply@herald.local", "bob@example.com", b"Subject: x\r\n\r\nx")
+        get_backend(settings).connect().send("noreply@herald.local", "bob@example.com", MESSAGE)
     assert not refused.value.permanent and refused.value.broken
     assert "Amazon SES unreachable" in refused.value.reason
 
@@ -170,7 +172,7 @@ def refused_by(code: str, status: int, message: str, recipient: str = "bob@examp
         stub.add_client_error("send_email", service_error_code=code, service_message=message,
                               http_status_code=status)  # fmt: skip
         with pytest.raises(DeliveryError) as refused:
-            connection.send("noreply@herald.local", recipient, b"Subject: x\r\n\r\nx")
+            connection.send("noreply@herald.local", recipient, MESSAGE)
         stub.assert_no_pending_responses()
     return refused.value
 

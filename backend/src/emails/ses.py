@@ -47,7 +47,9 @@ class SesConnection:
         self.configuration_set = settings.ses_configuration_set
         with _sessions_lock:  # a boto3 session is not thread-safe; the clients it makes are
             self.client = _session(
-                settings.aws_access_key_id, settings.aws_secret_access_key, settings.aws_session_token,
+                settings.aws_access_key_id,
+                settings.aws_secret_access_key,
+                settings.aws_session_token,
                 settings.aws_region,
             ).client(
                 "sesv2",
@@ -98,7 +100,7 @@ def refusal(exc: ClientError, sender: str, recipient: str) -> DeliveryError:
                 f"{message}"
             )
         elif sender.lower() in failed or sender.rpartition("@")[2].lower() in failed:
-            reason = f"Amazon SES refused the sender {sender}: verify it (or its domain) in SES. SES said: {message}"
+            reason = f"Amazon SES refused the sender {sender}: verify it (or its domain). SES said: {message}"
     return DeliveryError(reason, permanent=code in PERMANENT_ERRORS, code=status)
 
 

@@ -30,8 +30,8 @@ SUPPRESSING_EVENTS = ("bounce", "dropped", "spamreport")
 _TIMESTAMP = re.compile(r"[0-9]{1,12}")
 
 
-async def _raw_body(request: Request) -> bytes:
-    """The bytes SendGrid signed, exactly as they came."""
+async def raw_body(request: Request) -> bytes:
+    """The bytes a webhook's sender signed, exactly as they came."""
     return await request.body()
 
 
@@ -69,7 +69,7 @@ def _suppressions(events: list[Any]) -> list[NewSuppression]:
 @router.post("/sendgrid")
 def sendgrid_events(
     session: DbSession,
-    body: Annotated[bytes, Depends(_raw_body)],
+    body: Annotated[bytes, Depends(raw_body)],
     signature: Annotated[str | None, Header(alias=SIGNATURE_HEADER)] = None,
     timestamp: Annotated[str | None, Header(alias=TIMESTAMP_HEADER)] = None,
 ) -> SendGridReceipt:
