@@ -174,7 +174,7 @@ def post(client, message: dict):
 
 
 def test_a_permanent_bounce_suppresses_and_the_next_email_is_not_sent(client, sns, delivery_to_sink):
-    message = sns.notification(bounce("Permanent", "Gone@Example.com", "left@example.com"))
+    message = sns.notification(bounce("Permanent", "Gone@Example.com", "left@example.com", "not an address"))
     response = post(client, message)
     assert response.status_code == 200, response.text
     assert response.json() == {"type": "Notification", "suppressed": 2}

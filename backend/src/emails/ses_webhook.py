@@ -19,9 +19,8 @@ from src.auth.deps import DbSession
 from src.config import settings
 from src.emails import sns_signature
 from src.emails.schemas import SesReceipt
-from src.emails.service import normalized_address
 from src.emails.suppressions import NewSuppression, suppress
-from src.emails.webhooks import raw_body
+from src.emails.webhooks import raw_body, reported
 from src.errors import Forbidden, Invalid, NotFound, Unavailable
 
 log = logging.getLogger("herald.emails")
@@ -78,16 +77,11 @@ def _suppressions(notice: dict[str, Any]) -> list[NewSuppression]:
         return []  # Delivery, Send, Open, ...: nothing to stop
     found = []
     for recipient in recipients if isinstance(recipients, list) else []:
-        address = recipient.get("emailAddress") if isinstance(recipient, dict) else None
-        try:
-            address = normalized_address(address) if isinstance(address, str) else None
-        except Invalid:
-            address = None
-        if address is None:
-            log.warning("SES %s without a valid address: ignored", kind)
-            continue
+        if not isinstance(recipient, dict):
+            recipient = {}
         detail = recipient.get("diagnosticCode") or recipient.get("status") or ""
-        found.append(NewSuppression(address, reason, detail if isinstance(detail, str) else ""))
+        if suppression := reported(recipient.get("emailAddress"), reason, detail, f"SES {kind}"):
+            found.append(suppression)
     return found
 
 
