@@ -1,13 +1,18 @@
-"""Amazon SES: the backend against moto's SES server (a real HTTP endpoint speaking SESv2's wire
-protocol, requests signed with SigV4), started here as a process. What that server cannot produce
-(throttling, 5xx, the sandbox's refusal) is played by botocore's Stubber, in the SDK's documented
-error shape. SES's bounce and complaint notifications (SNS): `test_ses_notifications.py`."""
+"""Amazon SES: the backend against moto's SES server, started here as a process: a real HTTP endpoint
+speaking SESv2's wire protocol, with IAM authentication on, so it checks each request's SigV4
+signature against an access key made in it. What that server cannot produce (throttling, 5xx, the
+sandbox's refusal) is played by botocore's Stubber, in the SDK's documented error shape. SES's
+bounce and complaint notifications (SNS): `test_ses_notifications.py`."""
 
+import contextlib
+import json
+import os
 import subprocess
 import sys
 import time
 from email import message_from_string, policy
 
+import boto3
 import httpx
 import pytest
 from botocore.stub import Stubber
@@ -26,13 +31,19 @@ REGION = "eu-west-1"
 MESSAGE = b"Subject: x\r\n\r\nx"
 
 
+# Requests moto serves before it checks signatures: those that make Herald's IAM user and its key.
+SETUP_ACTIONS = 3
+
+
 @pytest.fixture(scope="module")
 def moto_server():
+    """moto's server, and the access key (id, secret) of an IAM user allowed to use SES."""
     port = free_port()
     log = (RUN_DIR / "moto.log").open("wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=log
-    )
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=log, stderr=log, env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": str(SETUP_ACTIONS)},
+    )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 20
     while True:
@@ -44,28 +55,39 @@ def moto_server():
                 process.kill()
                 pytest.fail(f"moto's server did not start; see {RUN_DIR / 'moto.log'}")
             time.sleep(0.1)
-    yield url
+    iam = boto3.client("iam", region_name="us-east-1", endpoint_url=url, aws_access_key_id="setup",
+                       aws_secret_access_key="setup")  # fmt: skip
+    iam.create_user(UserName="herald")
+    policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "ses:*", "Resource": "*"}]}
+    iam.put_user_policy(UserName="herald", PolicyName="send", PolicyDocument=json.dumps(policy))
+    key = iam.create_access_key(UserName="herald")["AccessKey"]
+    yield url, (key["AccessKeyId"], key["SecretAccessKey"])
     process.terminate()
     process.wait(10)
     log.close()
 
 
 class MotoSes:
-    """The SES account moto's server keeps: verified identities and the raw messages it accepted."""
+    """The SES account moto's server keeps (for the whole module: a reset would remove the IAM user
+    too): verified identities and the raw messages it accepted."""
 
     def __init__(self, url: str) -> None:
         self.url = url
-        httpx.post(f"{url}/moto-api/reset").raise_for_status()
+        self.before = len(self._all_sent())
 
     def client(self):
         return SesConnection(settings).client
 
     def verify(self, identity: str) -> None:
-        self.client().create_email_identity(EmailIdentity=identity)
+        with contextlib.suppress(self.client().exceptions.AlreadyExistsException):
+            self.client().create_email_identity(EmailIdentity=identity)
 
     def sent(self) -> list[dict]:
-        """What SES accepted: source, destinations and the raw MIME, as moto recorded them."""
-        return httpx.get(f"{self.url}/moto-api/data.json").json()["ses"]["RawMessage"]
+        """What SES accepted in this test: source, destinations and the raw MIME, as moto recorded them."""
+        return self._all_sent()[self.before :]
+
+    def _all_sent(self) -> list[dict]:
+        return httpx.get(f"{self.url}/moto-api/data.json").json().get("ses", {}).get("RawMessage", [])
 
 
 @pytest.fixture
@@ -81,8 +103,11 @@ def aws(monkeypatch):
 
 @pytest.fixture
 def ses(aws, db, moto_server, monkeypatch):
-    monkeypatch.setattr(settings, "ses_endpoint_url", moto_server)
-    account = MotoSes(moto_server)
+    url, (key_id, secret) = moto_server
+    monkeypatch.setattr(settings, "ses_endpoint_url", url)
+    monkeypatch.setattr(settings, "aws_access_key_id", key_id)
+    monkeypatch.setattr(settings, "aws_secret_access_key", secret)
+    account = MotoSes(url)
     account.verify("herald.local")  # SMTP_FROM_EMAIL's domain
     return account
 
@@ -126,14 +151,6 @@ def test_a_status_change_email_goes_out_through_ses_as_composed(ses, client, mak
         assert parsed["List-Unsubscribe"]
 
 
-def test_the_configuration_set_travels_with_each_email(ses, client, make_user, make_org, monkeypatch):
-    ses.client().create_configuration_set(ConfigurationSetName="herald-events")
-    monkeypatch.setattr(settings, "ses_configuration_set", "herald-events")
-    email = status_change_email(client, make_user, make_org)
-    assert delivery.deliver(fill=False, email_ids=[email.id]).sent == 1
-    assert len(ses.sent()) == 1
-
-
 def test_an_unverified_sender_fails_for_good_with_ses_reason(ses, client, make_user, make_org, monkeypatch):
     monkeypatch.setattr(settings, "smtp_from_email", "noreply@unverified.example")
     email = status_change_email(client, make_user, make_org)
@@ -142,6 +159,15 @@ def test_an_unverified_sender_fails_for_good_with_ses_reason(ses, client, make_u
     assert status == EmailStatus.failed and attempts == [("permanent", 400)]
     assert last_error.startswith("Amazon SES refused (MessageRejected): ")
     assert "noreply@unverified.example" in last_error
+    assert ses.sent() == []
+
+
+def test_a_wrong_secret_key_is_refused_by_the_signature_check_and_retried(ses, monkeypatch):
+    monkeypatch.setattr(settings, "aws_secret_access_key", "not-the-secret")
+    with pytest.raises(DeliveryError) as refused:
+        SesConnection(settings).send("noreply@herald.local", "bob@example.com", MESSAGE)
+    assert not refused.value.permanent and refused.value.code == 403
+    assert "SignatureDoesNotMatch" in refused.value.reason  # moto checked SigV4, as SES does
     assert ses.sent() == []
 
 
@@ -212,3 +238,17 @@ def test_the_sandbox_says_so(aws):
     assert error.permanent and not error.bad_address  # the address is fine; the account is not
     assert "the account is in the SES sandbox" in error.reason and "request production access" in error.reason
     assert error.reason.endswith(said)
+
+
+def test_the_configuration_set_travels_with_each_email(aws, monkeypatch):
+    """moto accepts and ignores ConfigurationSetName: the request itself is checked, against SESv2's
+    documented shape (Stubber validates it)."""
+    monkeypatch.setattr(settings, "ses_configuration_set", "herald-events")
+    connection = SesConnection(settings)
+    with Stubber(connection.client) as stub:
+        stub.add_response("send_email", {"MessageId": "0102017a"}, expected_params={
+            "FromEmailAddress": "noreply@herald.local", "Destination": {"ToAddresses": ["bob@example.com"]},
+            "Content": {"Raw": {"Data": MESSAGE}}, "ConfigurationSetName": "herald-events",
+        })  # fmt: skip
+        connection.send("noreply@herald.local", "bob@example.com", MESSAGE)
+        stub.assert_no_pending_responses()
