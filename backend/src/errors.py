@@ -43,7 +43,7 @@ class Unavailable(HeraldError):
     """Something this request needs from elsewhere cannot be reached now; retrying soon is fine."""
 
     status_code = 503
-    headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}  # noqa: RUF012 (read-only)
+    headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}  # noqa: RUF012 (never changed)
 
 
 class TooManyRequests(HeraldError):

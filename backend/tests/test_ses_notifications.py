@@ -243,10 +243,11 @@ def test_a_certificate_on_a_host_not_allowed_is_refused_unfetched(client, sns):
         f"http://127.0.0.1:{port}/SimpleNotificationService-local.pem",  # not HTTPS
         f"https://127.0.0.1@localhost:{port}/SimpleNotificationService-local.pem",  # userinfo look-alike
         "file:///etc/ssl/certs/ca-certificates.crt",
+        f"{sns.base_url}/?Action=ConfirmSubscription",  # an SNS host, but no certificate
     ):
         sns.cert_url = cert_url
         response = post(client, sns.notification(bounce("Permanent", "gone@example.com")))
-        assert response.status_code == 403 and "not an HTTPS URL on an SNS host" in response.json()["detail"]
+        assert response.status_code == 403 and "SigningCertURL" in response.json()["detail"], cert_url
     assert FakeSns.requests == [] and suppressed() == {}
 
 
@@ -254,7 +255,7 @@ def test_the_default_allows_only_sns_hosts_over_https():
     pattern = Settings(_env_file=None).ses_sns_cert_host_pattern
     for good in ("https://sns.us-east-1.amazonaws.com/SimpleNotificationService-6209c161c6221fdf56ec1eb5c821d112.pem",
                  "https://sns.cn-north-1.amazonaws.com.cn/SimpleNotificationService-x.pem"):  # fmt: skip
-        assert sns_url(good, pattern) == good
+        assert sns_url(good, pattern, "SigningCertURL") == good
     for bad in (
         "http://sns.us-east-1.amazonaws.com/x.pem",
         "https://sns.us-east-1.amazonaws.com.evil.example/x.pem",
@@ -264,7 +265,7 @@ def test_the_default_allows_only_sns_hosts_over_https():
         None,
     ):
         with pytest.raises(NotSigned):
-            sns_url(bad, pattern)
+            sns_url(bad, pattern, "SigningCertURL")
 
 
 def test_an_unreachable_certificate_is_503_so_sns_retries(client, sns):

@@ -52,9 +52,11 @@ def _signed_message(body: bytes) -> dict[str, Any]:
 def _confirm(message: dict[str, Any]) -> None:
     """Visit the SubscribeURL, as SNS asks, so the topic starts delivering here."""
     try:
-        url = sns_signature.sns_url(message["SubscribeURL"], settings.ses_sns_cert_host_pattern)
+        url = sns_signature.sns_url(
+            message["SubscribeURL"], settings.ses_sns_cert_host_pattern, "SubscribeURL"
+        )
     except sns_signature.NotSigned as exc:
-        raise Forbidden(f"the SubscribeURL is not SNS's: {exc}") from None
+        raise Forbidden(str(exc)) from None
     try:
         httpx.get(url, timeout=sns_signature.FETCH_TIMEOUT_SECONDS).raise_for_status()
     except httpx.HTTPError as exc:

@@ -38,7 +38,7 @@ class CertificateUnavailable(Exception):
     """SNS's certificate could not be fetched now: a fault of the moment, worth SNS's retry."""
 
 
-def sns_url(url: object, host_pattern: str) -> str:
+def sns_url(url: object, host_pattern: str, field: str) -> str:
     """`url` if it is HTTPS on a host SNS serves from; `NotSigned` otherwise. Also for the
     SubscribeURL, so a message cannot make Herald fetch an address of the sender's choosing."""
     parts = urlsplit(url) if isinstance(url, str) else None
@@ -49,7 +49,7 @@ def sns_url(url: object, host_pattern: str) -> str:
         or not parts.hostname
         or not re.fullmatch(host_pattern, parts.hostname, re.IGNORECASE)
     ):
-        raise NotSigned(f"not an HTTPS URL on an SNS host: {str(url)[:200]!r}")
+        raise NotSigned(f"{field} is not an HTTPS URL on an SNS host: {str(url)[:200]!r}")
     return url  # type: ignore[return-value]
 
 
@@ -75,7 +75,10 @@ def verify(message: dict[str, Any], host_pattern: str) -> None:
     if algorithm is None:
         raise NotSigned("SignatureVersion must be 1 or 2")
     signed = canonical(message)
-    key = _public_key(sns_url(message.get("SigningCertURL"), host_pattern))
+    cert_url = sns_url(message.get("SigningCertURL"), host_pattern, "SigningCertURL")
+    if not urlsplit(cert_url).path.endswith(".pem"):
+        raise NotSigned("SigningCertURL does not name a .pem certificate")
+    key = _public_key(cert_url)
     try:
         signature = base64.b64decode(str(message.get("Signature")), validate=True)
         key.verify(signature, signed, padding.PKCS1v15(), algorithm())
@@ -88,9 +91,12 @@ def _public_key(url: str) -> rsa.RSAPublicKey:
     """SNS's key from its certificate, fetched once per process (failures are not cached)."""
     try:
         response = httpx.get(url, timeout=FETCH_TIMEOUT_SECONDS)
-        response.raise_for_status()
     except httpx.HTTPError as exc:
         raise CertificateUnavailable(f"cannot fetch SNS's signing certificate {url}: {exc}") from exc
+    if response.is_client_error:
+        raise NotSigned(f"no certificate at {url} ({response.status_code})")
+    if not response.is_success:
+        raise CertificateUnavailable(f"SNS answered {response.status_code} for its certificate {url}")
     try:
         certificate = x509.load_pem_x509_certificate(response.content)
     except ValueError:
