@@ -24,6 +24,8 @@ from src.devserver.redis_server import free_port
 from src.emails import delivery
 from src.emails.backends import DeliveryError, get_backend
 from src.emails.models import EmailAttempt, EmailQueue, EmailStatus
+from src.emails.rendering import render
+from src.emails.service import EmailService
 from src.emails.ses import SesConnection
 from tests.conftest import RUN_DIR
 
@@ -121,21 +123,24 @@ def outcome(email_id: int) -> tuple[EmailStatus, str | None, list[tuple[str, int
         return email.status, email.last_error, [tuple(a) for a in attempts]
 
 
-def status_change_email(client, make_user, make_org) -> EmailQueue:
-    """Alice moves a task Bob watches to done: the email Herald queues for Bob."""
-    alice, bob = make_user("alice"), make_user("bob")
-    org_id = make_org(alice, bob)
-    new_task = {"title": "Ship SES", "watcher_ids": [bob.id]}
-    task = client.post(f"/api/orgs/{org_id}/tasks", json=new_task, headers=alice.headers).json()
-    done = client.patch(f"/api/tasks/{task['id']}", json={"status": "done"}, headers=alice.headers)
-    assert done.status_code == 200, done.text
+def status_change_email() -> EmailQueue:
+    """The email Herald queues when Alice moves a task Bob watches to done, queued here without a
+    wake-up, so that no worker another test left running sends it before this test does."""
+    text, html = render(
+        "task_status_changed", recipient_name="Bob", actor_name="Alice", task_title="Ship SES",
+        old_status="in_review", new_status="done", task_url="http://localhost:8000/tasks/1", org_name="Acme",
+    )  # fmt: skip
     with SessionLocal() as session:
-        status_email = select(EmailQueue).where(EmailQueue.dedupe_key.startswith("task-event:"))
-        return session.scalars(status_email).one()
+        email = EmailService.queue_email(
+            session, to_email="bob@example.com", to_name="Bob", subject="[Acme] Ship SES: in_review → done",
+            body_text=text, body_html=html, wake_worker=False,
+        )  # fmt: skip
+        session.commit()
+    return email
 
 
-def test_a_status_change_email_goes_out_through_ses_as_composed(ses, client, make_user, make_org):
-    email = status_change_email(client, make_user, make_org)
+def test_a_status_change_email_goes_out_through_ses_as_composed(ses):
+    email = status_change_email()
     assert delivery.deliver(fill=False, email_ids=[email.id]).sent == 1
     assert outcome(email.id) == (EmailStatus.sent, None, [("sent", 250)])
     [message] = ses.sent()
@@ -151,9 +156,9 @@ def test_a_status_change_email_goes_out_through_ses_as_composed(ses, client, mak
         assert parsed["List-Unsubscribe"]
 
 
-def test_an_unverified_sender_fails_for_good_with_ses_reason(ses, client, make_user, make_org, monkeypatch):
+def test_an_unverified_sender_fails_for_good_with_ses_reason(ses, monkeypatch):
     monkeypatch.setattr(settings, "smtp_from_email", "noreply@unverified.example")
-    email = status_change_email(client, make_user, make_org)
+    email = status_change_email()
     assert delivery.deliver(fill=False, email_ids=[email.id]).sent == 0
     status, last_error, attempts = outcome(email.id)
     assert status == EmailStatus.failed and attempts == [("permanent", 400)]
