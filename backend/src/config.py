@@ -16,6 +16,7 @@ DEFAULT_SECRET_KEY = "dev-only-insecure-secret-key-change-me-in-production"
 # Keys anyone who has read the repository knows: the built-in default, what `.env.example` ships
 # (read from it, so a new placeholder is covered too) and the placeholder it used to ship.
 _PUBLISHED_SECRET_KEYS = {DEFAULT_SECRET_KEY, "change-me-to-a-long-random-value"}
+SNS_HOSTS = r"sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?"  # where AWS serves SNS's signing certificates
 
 
 def _one_rate_limit(value: str) -> str:
@@ -33,6 +34,14 @@ def _sendgrid_key(value: str) -> str:
     if value.strip():
         public_key(value)  # raises ValueError saying what is wrong
     return value.strip()
+
+
+def _regex(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"not a regular expression: {exc}") from None
+    return value
 
 
 class Settings(BaseSettings):
@@ -72,13 +81,27 @@ class Settings(BaseSettings):
     db_pool_timeout: float = 1.5  # a request that cannot get a connection this soon answers 503
     db_connect_timeout: int = 2  # seconds (libpq's minimum is 2)
 
-    email_backend: str = ""  # "smtp", "sendgrid" or "console"; empty: smtp when SMTP_HOST is set
+    email_backend: str = ""  # "smtp", "sendgrid", "ses" or "console"; empty: smtp when SMTP_HOST is set
     sendgrid_api_key: str = ""
     sendgrid_api_url: str = "https://api.sendgrid.com/v3/mail/send"
     # SendGrid's Event Webhook (POST /api/webhooks/sendgrid) suppresses addresses that bounce, are
     # dropped or report spam. Its verification key, base64 as SendGrid shows it; empty: endpoint off.
     sendgrid_webhook_public_key: Annotated[str, AfterValidator(_sendgrid_key)] = ""
     sendgrid_webhook_max_age_seconds: PositiveInt = 600  # a signed timestamp older (or newer) is a replay
+    # Amazon SES (EMAIL_BACKEND=ses). Region and credentials: AWS's usual settings; those left empty
+    # here come from AWS_DEFAULT_REGION, ~/.aws, or the instance's or task's role.
+    aws_region: str = ""
+    aws_access_key_id: str = ""
+    aws_secret_access_key: str = ""
+    aws_session_token: str = ""
+    ses_endpoint_url: str = ""  # empty: SES's own; set for a VPC endpoint (or a local SES in tests)
+    ses_configuration_set: str = ""  # SES configuration set each email is sent with (event publishing)
+    # SES bounce and complaint notifications through SNS (POST /api/webhooks/ses) suppress addresses.
+    # The topic they come from, as an ARN; empty: endpoint off.
+    ses_sns_topic_arn: str = ""
+    # Hosts SNS's signing certificates (and subscription confirmations) may be fetched from, always
+    # over HTTPS: a regular expression the whole host name must match.
+    ses_sns_cert_host_pattern: Annotated[str, AfterValidator(_regex)] = SNS_HOSTS
     smtp_host: str = ""
     smtp_port: int = 587
     smtp_user: str = ""

@@ -39,6 +39,13 @@ class Invalid(HeraldError):
     status_code = 422
 
 
+class Unavailable(HeraldError):
+    """Something this request needs from elsewhere cannot be reached now; retrying soon is fine."""
+
+    status_code = 503
+    headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}  # noqa: RUF012 (never changed)
+
+
 class TooManyRequests(HeraldError):
     """A rate limit refused the request (see `src.ratelimit`); `Retry-After` says when one fits again."""
 

@@ -16,6 +16,7 @@ from src.admission import AdmissionLimit
 from src.auth.api import router as auth_router
 from src.config import settings
 from src.emails.api import router as emails_router
+from src.emails.ses_webhook import router as ses_webhook_router
 from src.emails.suppression_api import router as suppressions_router
 from src.emails.webhooks import router as webhooks_router
 from src.errors import install_error_handlers
@@ -99,6 +100,7 @@ for router in (
     emails_router,
     suppressions_router,
     webhooks_router,
+    ses_webhook_router,
     notifications_router,
     notifications_ws_router,
     preferences_router,

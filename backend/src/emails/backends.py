@@ -1,8 +1,8 @@
 """Where emails go: SMTP, or the console when no SMTP_HOST is set.
 
 A backend opens a connection; a connection sends one message at a time and raises `DeliveryError`
-saying whether the failure is worth retrying. SendGrid's HTTP API is one; other providers
-(SES, ...) plug in the same way: a class with `connect()` and a name in `BACKENDS`.
+saying whether the failure is worth retrying. SendGrid's HTTP API and Amazon SES (`ses.py`) are
+others; a provider plugs in the same way: a class with `connect()` and a name in `BACKENDS`.
 """
 
 import functools
@@ -10,7 +10,7 @@ import logging
 import re
 import smtplib
 import ssl
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from email import message_from_bytes, policy
 from typing import Protocol
 
@@ -263,10 +263,18 @@ class SendGridBackend:
         return ("sendgrid", self.settings.sendgrid_api_url, self.settings.sendgrid_api_key)
 
 
-BACKENDS: dict[str, type[SmtpBackend] | type[ConsoleBackend] | type[SendGridBackend]] = {
+def _ses_backend(settings: Settings) -> EmailBackend:
+    """Imported only when chosen: boto3 takes a while to import, and most processes never use it."""
+    from src.emails.ses import SesBackend
+
+    return SesBackend(settings)
+
+
+BACKENDS: dict[str, Callable[[Settings], EmailBackend]] = {
     "smtp": SmtpBackend,
     "console": ConsoleBackend,
     "sendgrid": SendGridBackend,
+    "ses": _ses_backend,
 }
 
 

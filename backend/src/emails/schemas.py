@@ -30,8 +30,9 @@ class EmailPage(BaseModel):
 
 
 class SuppressionOut(BaseModel):
-    """An address no email goes to, and why: `rejected` (its server refused it for good), or the
-    SendGrid event that reported it (`bounce`, `dropped`, `spamreport`)."""
+    """An address no email goes to, and why: `rejected` (its server refused it for good), the
+    SendGrid event that reported it (`bounce`, `dropped`, `spamreport`), or SES's notification
+    (`bounce`, a permanent one, or `complaint`)."""
 
     model_config = ConfigDict(from_attributes=True)
 
@@ -44,6 +45,13 @@ class SuppressionOut(BaseModel):
 
 class SuppressionPage(BaseModel):
     items: list[SuppressionOut]
+
+
+class SesReceipt(BaseModel):
+    """What one SNS message did: its type, and how many addresses it newly suppressed."""
+
+    type: str
+    suppressed: int
 
 
 class SendGridReceipt(BaseModel):

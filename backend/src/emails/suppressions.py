@@ -1,5 +1,5 @@
 """Suppressed addresses: where mail must stop, because the address cannot receive it (a permanent
-SMTP refusal, a SendGrid bounce or drop) or its owner reported it as spam.
+SMTP refusal, a SendGrid bounce or drop, an SES permanent bounce) or its owner reported it as spam.
 
 Delivery checks the addresses of every claim here, so an address suppressed after its emails were
 queued still gets none: they end `suppressed`. Lifting deletes the row; the next email goes out,
@@ -28,7 +28,9 @@ def address_key(address: str) -> str:
 @dataclass
 class NewSuppression:
     address: str
-    reason: str  # "rejected" (SMTP 5xx on RCPT TO), "bounce", "dropped" or "spamreport"
+    # "rejected" (SMTP 5xx on RCPT TO), "bounce" (SendGrid's, or SES's permanent one), "dropped",
+    # "spamreport" (SendGrid) or "complaint" (SES)
+    reason: str
     detail: str = ""
 
     def row(self) -> dict[str, Any]:

@@ -30,8 +30,8 @@ SUPPRESSING_EVENTS = ("bounce", "dropped", "spamreport")
 _TIMESTAMP = re.compile(r"[0-9]{1,12}")
 
 
-async def _raw_body(request: Request) -> bytes:
-    """The bytes SendGrid signed, exactly as they came."""
+async def raw_body(request: Request) -> bytes:
+    """The bytes a webhook's sender signed, exactly as they came."""
     return await request.body()
 
 
@@ -47,29 +47,35 @@ def _verified(body: bytes, signature: str | None, timestamp: str | None) -> None
         raise Forbidden("the signed timestamp is too old (or in the future): a replayed request is refused")
 
 
+def reported(address: object, reason: str, detail: object, report: str) -> NewSuppression | None:
+    """The suppression a provider's report of `address` calls for; None, logged, when the report
+    (`report`, for the log) names no valid address."""
+    try:
+        valid = normalized_address(address) if isinstance(address, str) else None
+    except Invalid:
+        valid = None
+    if valid is None:
+        log.warning("%s without a valid address: ignored", report)
+        return None
+    return NewSuppression(valid, reason, detail if isinstance(detail, str) else "")
+
+
 def _suppressions(events: list[Any]) -> list[NewSuppression]:
     found = []
     for event in events:
         kind = event.get("event")
         if kind not in SUPPRESSING_EVENTS or (kind == "bounce" and event.get("type") == "blocked"):
             continue
-        address = event.get("email")
-        try:
-            address = normalized_address(address) if isinstance(address, str) else None
-        except Invalid:
-            address = None
-        if address is None:
-            log.warning("SendGrid %s event without a valid address: ignored", kind)
-            continue
         detail = event.get("reason") or event.get("response") or ""
-        found.append(NewSuppression(address, kind, detail if isinstance(detail, str) else ""))
+        if suppression := reported(event.get("email"), kind, detail, f"SendGrid {kind} event"):
+            found.append(suppression)
     return found
 
 
 @router.post("/sendgrid")
 def sendgrid_events(
     session: DbSession,
-    body: Annotated[bytes, Depends(_raw_body)],
+    body: Annotated[bytes, Depends(raw_body)],
     signature: Annotated[str | None, Header(alias=SIGNATURE_HEADER)] = None,
     timestamp: Annotated[str | None, Header(alias=TIMESTAMP_HEADER)] = None,
 ) -> SendGridReceipt:
