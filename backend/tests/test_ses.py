@@ -27,6 +27,8 @@ from src.emails.models import EmailAttempt, EmailQueue, EmailStatus
 from src.emails.rendering import render
 from src.emails.service import EmailService
 from src.emails.ses import SesConnection
+from src.preferences.catalogue import EventType
+from src.preferences.unsubscribe import list_unsubscribe_headers, preferences_url, unsubscribe_url
 from tests.conftest import RUN_DIR
 
 REGION = "eu-west-1"
@@ -126,14 +128,16 @@ def outcome(email_id: int) -> tuple[EmailStatus, str | None, list[tuple[str, int
 def status_change_email() -> EmailQueue:
     """The email Herald queues when Alice moves a task Bob watches to done, queued here without a
     wake-up, so that no worker another test left running sends it before this test does."""
+    unsubscribe = unsubscribe_url(2, [EventType.task_status_changed])
     text, html = render(
         "task_status_changed", recipient_name="Bob", actor_name="Alice", task_title="Ship SES",
         old_status="in_review", new_status="done", task_url="http://localhost:8000/tasks/1", org_name="Acme",
+        unsubscribe_url=unsubscribe, preferences_url=preferences_url(),
     )  # fmt: skip
     with SessionLocal() as session:
         email = EmailService.queue_email(
             session, to_email="bob@example.com", to_name="Bob", subject="[Acme] Ship SES: in_review → done",
-            body_text=text, body_html=html, wake_worker=False,
+            body_text=text, body_html=html, wake_worker=False, headers=list_unsubscribe_headers(unsubscribe),
         )  # fmt: skip
         session.commit()
     return email
@@ -152,8 +156,8 @@ def test_a_status_change_email_goes_out_through_ses_as_composed(ses):
     assert parsed["Message-ID"] == email.message_id
     assert parsed["To"].addresses[0].addr_spec == "bob@example.com"
     assert "Ship SES" in parsed.get_body(("plain",)).get_content()
-    if "List-Unsubscribe" in email.mime:
-        assert parsed["List-Unsubscribe"]
+    assert parsed["List-Unsubscribe"].startswith("<http://localhost:8000/unsubscribe/")
+    assert parsed["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
 
 
 def test_an_unverified_sender_fails_for_good_with_ses_reason(ses, monkeypatch):
