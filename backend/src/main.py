@@ -26,6 +26,8 @@ from src.orgs.api import router as orgs_router
 from src.outages import fold_outage_tracebacks
 from src.tasks.api import router as tasks_router
 from src.tasks.page import router as task_page_router
+from src.web.app import assets as web_assets
+from src.web.app import router as web_router
 
 
 class RedactQueryTokens(logging.Filter):
@@ -96,6 +98,8 @@ for router in (
 app.include_router(api)
 app.include_router(metrics_router)
 app.include_router(task_page_router)  # where status emails link, outside /api
+app.include_router(web_router)  # the web app at `/`, its files under /assets
+app.mount("/assets", web_assets, name="assets")
 
 
 @app.get("/healthz", tags=["ops"])

@@ -1,34 +1,22 @@
-"""The page a status email links to, `/tasks/{id}`: a browser gets a page rather than the API's 401 JSON.
+"""Where a status email links, `/tasks/{id}`: the web app's view of that task.
 
-Until the web app is served at `/`, it only says how to sign in and fetch the task through the API.
-Anyone may load it, so it shows nothing but the number from its own URL: not even whether the task
-exists. It runs no script and loads nothing, and its headers hold the browser to that.
+Anyone may load it, so it answers only with a redirect into the app (`/#/tasks/{id}`), which asks
+for a sign-in and then fetches the task through the API: the answer tells nothing, not even whether
+the task exists.
 """
 
-from pathlib import Path
-
-from fastapi import APIRouter, Request
-from fastapi.responses import HTMLResponse
-from fastapi.templating import Jinja2Templates
+from fastapi import APIRouter
+from fastapi.responses import RedirectResponse
 
 from src.validation import PathId
 
 router = APIRouter(include_in_schema=False)
-_templates = Jinja2Templates(directory=Path(__file__).parent / "templates")  # autoescapes .html
-_HEADERS = {
-    "x-content-type-options": "nosniff",
-    "content-security-policy": (
-        "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; "
-        "frame-ancestors 'none'"
-    ),
-    "referrer-policy": "no-referrer",
-}
 
 
 def task_page_url(base_url: str, task_id: int) -> str:
     return f"{base_url.rstrip('/')}/tasks/{task_id}"
 
 
-@router.get("/tasks/{task_id}", response_class=HTMLResponse)
-def task_page(task_id: PathId, request: Request) -> HTMLResponse:
-    return _templates.TemplateResponse(request, "task_page.html", {"task_id": task_id}, headers=_HEADERS)
+@router.get("/tasks/{task_id}")
+def task_page(task_id: PathId) -> RedirectResponse:
+    return RedirectResponse(f"/#/tasks/{task_id}", status_code=303)
