@@ -131,4 +131,6 @@ function App() {
   return html`${view}<${Toasts} />`;
 }
 
-render(html`<${App} />`, document.getElementById("app"));
+const root = document.getElementById("app");
+root.textContent = ""; // the "Loading" placeholder
+render(html`<${App} />`, root);
