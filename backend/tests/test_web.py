@@ -280,7 +280,10 @@ def test_every_screen_loads_without_console_errors(client, team, screens):
     page.get_by_role("link", name="Organizations").click()
     expect(page.get_by_text("No invitations are waiting for you.")).to_be_visible()
     page.get_by_role("link", name="Admin").click()
-    expect(page.locator(".rows li")).to_have_count(2)
+    members, invitations = page.locator(".rows").first, page.locator(".rows").nth(1)
+    expect(members.locator("li")).to_have_count(2)
+    expect(invitations).to_contain_text("bob@example.com as member")
+    expect(invitations).to_contain_text("accepted")
     for tab, shown in [("Announcements", "Every member gets it"), ("Outbox", "bob@example.com")]:
         page.get_by_role("tab", name=tab).click()
         expect(page.get_by_role("tabpanel")).to_contain_text(shown)
