@@ -288,3 +288,83 @@ def test_every_screen_loads_without_console_errors(client, team, screens):
         page.get_by_role("tab", name=tab).click()
         expect(page.get_by_role("tabpanel")).to_contain_text(shown)
     assert a.errors == []
+
+
+def test_sign_up_confirm_reset_the_password_and_start_an_organization(db, worker, sink, screens):
+    from playwright.sync_api import expect
+
+    from tests.test_signup import mail_to
+
+    page = screens(PHONE).page
+    page.goto("/")
+    page.get_by_role("link", name="Create an account").click()
+    page.get_by_label("Name").fill("Erin")
+    page.get_by_label("Email").fill("erin@example.com")
+    page.get_by_label("Password").fill("first password")
+    page.get_by_role("button", name="Sign up").click()
+    expect(page.locator(".notice")).to_contain_text("check your inbox")
+
+    link = re.search(r"http\S+verify-email\?token=\S+", mail_to(sink, "erin@example.com", "Confirm")).group(0)
+    page.get_by_role("link", name="I have a confirmation link").click()
+    page.get_by_label("The link or code from the email").fill(link)
+    page.get_by_role("button", name="Confirm", exact=True).click()
+    expect(page.locator(".notice")).to_contain_text("You can sign in now")
+
+    page.goto("/#/reset")
+    page.get_by_label("Email", exact=True).fill("erin@example.com")
+    page.get_by_role("button", name="Email me a code").click()
+    expect(page.locator(".notice")).to_be_visible()
+    code = re.search(r"^(\S{40,})\s*$", mail_to(sink, "erin@example.com", "Reset"), re.MULTILINE).group(1)
+    page.get_by_label("Code from the email").fill(code)
+    page.get_by_label("New password").fill("second password")
+    page.get_by_role("button", name="Set the new password").click()
+    expect(page.locator(".notice").last).to_contain_text("Sign in with the new password")
+
+    page.goto("/#/signin")
+    page.get_by_label("Email").fill("erin@example.com")
+    page.get_by_label("Password").fill("second password")
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_text("No invitations are waiting for you.")).to_be_visible()
+    page.get_by_label("Name").fill("Erin's team")
+    page.get_by_role("button", name="Create").click()
+    expect(page.get_by_role("heading", name="Erin's team")).to_be_visible()
+    expect(page.get_by_text("No tasks yet")).to_be_visible()
+    page.get_by_role("button", name="New task").click()
+    dialog = page.get_by_role("dialog")
+    dialog.get_by_label("Title").fill("Invite the team")
+    dialog.get_by_label("Assignee").select_option(label="Erin")
+    dialog.get_by_role("button", name="Create").click()
+    card = page.locator('.column[data-status="todo"] .card')
+    expect(card).to_contain_text("Invite the team")
+    expect(card).to_contain_text("Erin")
+    expect(card).to_be_focused()
+
+
+def test_the_task_drawer_edits_assigns_watches_and_shows_the_history(client, team, screens):
+    from playwright.sync_api import expect
+
+    _org_id, task, alice, bob = team
+    a = screens().sign_in(alice)
+    a.card(task["id"]).get_by_role("button", name="Ship the bell", exact=True).click()
+    drawer = a.page.locator(".drawer")
+    expect(drawer.locator(".history li")).to_have_count(1)  # created
+    drawer.get_by_role("button", name="Watch", exact=True).click()
+    expect(drawer.get_by_role("button", name="Unwatch")).to_be_visible()
+    drawer.get_by_label("Title").fill("Ship the bell today")
+    drawer.get_by_label("Assignee").select_option(label="Bob")
+    drawer.get_by_role("button", name="Save").click()
+    expect(a.page.locator(".toast").last).to_contain_text("Task saved")
+    expect(drawer.locator(".history li").first).to_contain_text("Alice assigned it to Bob")
+    expect(drawer.locator(".history")).to_contain_text(
+        "renamed it from “Ship the bell” to “Ship the bell today”"
+    )
+    expect(drawer.locator(".history")).to_contain_text("Alice added Alice as a watcher")
+    expect(a.card(task["id"])).to_contain_text("Ship the bell today")
+    expect(a.card(task["id"])).to_contain_text("Watched by Alice, Bob")
+    saved = client.get(f"/api/tasks/{task['id']}", headers=bob.headers).json()
+    assert (saved["title"], saved["assignee_id"], set(saved["watcher_ids"])) == (
+        "Ship the bell today", bob.id, {alice.id, bob.id},
+    )  # fmt: skip
+    a.page.keyboard.press("Escape")
+    expect(drawer).to_have_count(0)
+    assert a.errors == []

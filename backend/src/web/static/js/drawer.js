@@ -57,6 +57,8 @@ export function TaskDrawer({ taskId, me, people, onClose, onChanged }) {
     change(() => api(`/tasks/${taskId}/watchers/${me.id}`, { method: watching ? "DELETE" : "POST" }),
       watching ? "You no longer watch this task" : "You watch this task");
 
+  // The edit form is not controlled (defaultValue), so a re-render, as when the history loads, keeps
+  // what is being typed; it starts afresh from each saved version (key).
   return html`<aside class="drawer" aria-labelledby="drawer-title">
     <header class="drawer-head">
       <h2 id="drawer-title" tabindex="-1" ref=${heading}>${t ? `#${t.id} ${t.title}` : `Task #${taskId}`}</h2>
@@ -70,11 +72,11 @@ export function TaskDrawer({ taskId, me, people, onClose, onChanged }) {
       <p class="meta">Watched by ${t.watcher_ids.length ? t.watcher_ids.map((id) => people.name(id)).join(", ") : "nobody"}
         <button type="button" class="small" onClick=${watch} disabled=${busy} aria-pressed=${watching}>${watching ? "Unwatch" : "Watch"}</button></p>
       <form class="task-edit" onSubmit=${save} key=${t.updated_at}>
-        <label>Title<input name="title" required maxlength="300" value=${t.title} /></label>
-        <label>Status<select name="status" value=${t.status}>
-          ${STATUSES.map(([s, label]) => html`<option value=${s}>${label}</option>`)}</select></label>
+        <label>Title<input name="title" required maxlength="300" defaultValue=${t.title} /></label>
+        <label>Status<select name="status">
+          ${STATUSES.map(([s, label]) => html`<option value=${s} selected=${s === t.status}>${label}</option>`)}</select></label>
         <${AssigneeSelect} people=${people} value=${t.assignee_id} />
-        <label>Description<textarea name="description" rows="5" maxlength="20000" value=${t.description}></textarea></label>
+        <label>Description<textarea name="description" rows="5" maxlength="20000" defaultValue=${t.description}></textarea></label>
         <div class="actions"><button type="submit" class="primary" disabled=${busy}>Save</button></div>
       </form>
       <h3>History</h3>

@@ -5,9 +5,9 @@ import { html } from "./ui.js";
 
 export function AssigneeSelect({ people, value }) {
   return html`<label>Assignee
-    <select name="assignee_id" value=${value ?? ""}>
+    <select name="assignee_id">
       <option value="">Unassigned</option>
-      ${people.list.map((user) => html`<option value=${user.id}>${user.name}</option>`)}
+      ${people.list.map((user) => html`<option value=${user.id} selected=${user.id === value}>${user.name}</option>`)}
     </select>
   </label>`;
 }
