@@ -25,8 +25,10 @@ DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 375, "height": 740}
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
+    """Per module, not per session: Playwright's sync API runs an event loop on this thread while it is
+    open, and later tests call asyncio.run() (the parametrized database interleaves the modules)."""
     if not CHROMIUM.exists():
         message = f"no Chromium at {CHROMIUM} (apt-get install chromium)"
         if IN_CI:
@@ -368,3 +370,35 @@ def test_the_task_drawer_edits_assigns_watches_and_shows_the_history(client, tea
     a.page.keyboard.press("Escape")
     expect(drawer).to_have_count(0)
     assert a.errors == []
+
+
+def test_an_invitation_sent_from_admin_is_accepted_and_another_declined(client, team, make_user, screens):
+    from playwright.sync_api import expect
+
+    _org_id, _task, alice, _bob = team
+    carol = make_user("carol")
+    other_org = client.post("/api/orgs", json={"name": "Other"}, headers=alice.headers).json()["id"]
+    client.post(f"/api/orgs/{other_org}/members", json={"email": carol.email}, headers=alice.headers)
+
+    a = screens().sign_in(alice)
+    a.page.get_by_role("link", name="Admin").click()
+    a.page.get_by_label("Email").fill(carol.email)
+    a.page.get_by_label("Role").select_option("admin")
+    a.page.get_by_role("button", name="Invite").click()
+    expect(a.page.locator(".rows").nth(1)).to_contain_text("carol@example.com as admin")
+
+    c = screens(PHONE)  # Carol belongs to no organization yet: she lands on Organizations
+    c.page.goto("/#/signin")
+    c.page.get_by_label("Email").fill(carol.email)
+    c.page.get_by_label("Password").fill(PASSWORD)
+    c.page.get_by_role("button", name="Sign in").click()
+    invitations = c.page.locator('section[aria-labelledby="invitations-title"] .rows li')
+    expect(invitations).to_have_count(2)
+    invitations.filter(has_text="Other").get_by_role("button", name="Decline").click()
+    expect(invitations).to_have_count(1)
+    invitations.filter(has_text="Acme").get_by_role("button", name="Accept").click()
+    expect(c.page.get_by_role("heading", name="Acme")).to_be_visible()
+    expect(c.page.get_by_role("link", name="Admin")).to_be_visible()  # she joined as an admin
+    roles = {o["name"]: o["role"] for o in client.get("/api/orgs", headers=carol.headers).json()}
+    assert roles == {"Acme": "admin"}
+    assert a.errors == [] and c.errors == []

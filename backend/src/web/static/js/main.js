@@ -47,6 +47,7 @@ function Workspace({ route }) {
   const org = orgs.data?.find((o) => o.id === orgId) || orgs.data?.[0];
   const members = useLoad((signal) => (org ? api(`/orgs/${org.id}/members`, { signal }) : Promise.resolve([])), [org?.id]);
   const people = useMemo(() => peopleOf(members.data), [members.data]);
+  const waiting = useLoad((signal) => api("/invitations", { signal }), [route.path]).data?.length;
   const [count, setCount] = useState(0);
   const [liveState, setLiveState] = useState("connecting");
   const [incoming, setIncoming] = useState(null);
@@ -102,7 +103,7 @@ function Workspace({ route }) {
       <nav aria-label="Main">
         <a href="#/board" aria-current=${current("board") || (route.path === "" ? "page" : undefined)}>Board</a>
         ${manager && html`<a href="#/admin" aria-current=${current("admin")}>Admin</a>`}
-        <a href="#/orgs" aria-current=${current("orgs")}>Organizations</a>
+        <a href="#/orgs" aria-current=${current("orgs")}>Organizations${waiting ? html` <span class="pill">${waiting}</span>` : ""}</a>
       </nav>
       <span class="spacer"></span>
       <${Bell} count=${count} open=${inboxOpen} live=${liveState} onToggle=${() => setInboxOpen(!inboxOpen)} />
@@ -120,9 +121,12 @@ function App() {
   const [token, setToken] = useState(auth.token);
   useEffect(() => auth.onChange(setToken), []);
   const route = useRoute();
+  const signedOutPage = ["signin", "signup", "verify", "reset"].includes(route.path);
+  useEffect(() => {
+    if (token && signedOutPage) go("board");
+  }, [token, signedOutPage]);
   let view;
   if (token) {
-    if (["signin", "signup", "verify", "reset"].includes(route.path)) go("board");
     view = html`<${Workspace} route=${route} />`;
   } else if (route.path === "signup") view = html`<${SignUp} />`;
   else if (route.path === "verify") view = html`<${Verify} token=${route.params.get("token") || ""} />`;
