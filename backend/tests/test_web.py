@@ -142,6 +142,7 @@ def test_a_drag_lights_the_watchers_bell_and_the_inbox_reads_it(client, team, sc
     expect(b.page.locator(".notifications li.unread")).to_have_count(0)
     b.page.keyboard.press("Escape")
     expect(b.page.locator(".inbox")).to_have_count(0)
+    b.card(task["id"]).scroll_into_view_if_needed()  # the columns scroll sideways on a phone
     b.shot("board-375")
 
     wait_until(lambda: any(m.rcpt_tos == [bob.email] for m in sink.messages), message="Bob's email")

@@ -14,9 +14,13 @@ export function Board({ org, people, openTask, changedTask, liveTick }) {
   const replace = (task) =>
     tasks.setData((page) => page && { ...page, items: page.items.map((t) => (t.id === task.id ? task : t)) });
   useEffect(() => changedTask && replace(changedTask), [changedTask]);
+  // A moved card is a new element in another column: focus it once it is there, then let focus be.
   useEffect(() => {
-    if (focusId === null) return;
-    boardRef.current?.querySelector(`[data-task-id="${focusId}"]`)?.focus();
+    const card = focusId !== null && boardRef.current?.querySelector(`[data-task-id="${focusId}"]`);
+    if (card) {
+      card.focus();
+      setFocusId(null);
+    }
   }, [focusId, tasks.data]);
 
   const move = async (task, status) => {
@@ -27,6 +31,7 @@ export function Board({ org, people, openTask, changedTask, liveTick }) {
       replace(await api(`/tasks/${task.id}`, { method: "PATCH", body: { status } }));
     } catch (error) {
       replace(task);
+      setFocusId(task.id);
       toast(`Could not move “${task.title}” to ${statusLabel(status)}: ${error.message}`, "error");
     }
   };
