@@ -9,6 +9,8 @@ import tempfile
 from contextlib import ExitStack
 from pathlib import Path
 
+import psutil
+
 from src.devserver.databases import DEFAULT_PG_ADMIN_URL, create_pg_database, drop_pg_database, migrate
 from src.devserver.load import raised_rate_limits
 from src.devserver.processes import SmtpSinkProcess
@@ -50,3 +52,34 @@ def start_sink(stack: ExitStack, workdir: Path) -> tuple[int, Path]:
 def read_journal(journal: Path) -> list[dict]:
     with journal.open() as lines:
         return [json.loads(line) for line in lines if line.strip()]
+
+
+class CpuMeter:
+    """CPU seconds used by process trees that come and go (restarted by a supervisor, prefork children
+    recycled): sampled often, each pid's last reading kept, so a process that exits loses at most one
+    interval. Labels group trees: "api", "worker", "postgres"..."""
+
+    def __init__(self) -> None:
+        self.seen: dict[tuple[str, int, float], float] = {}  # (label, pid, create_time) -> cpu seconds
+
+    def sample(self, roots: dict[str, list[int]]) -> None:
+        for label, pids in roots.items():
+            for pid in pids:
+                try:
+                    root = psutil.Process(pid)
+                    tree = [root, *root.children(recursive=True)]
+                except psutil.Error:
+                    continue
+                for process in tree:
+                    try:
+                        with process.oneshot():
+                            times, created = process.cpu_times(), process.create_time()
+                    except psutil.Error:
+                        continue
+                    self.seen[(label, process.pid, created)] = times.user + times.system
+
+    def totals(self) -> dict[str, float]:
+        totals: dict[str, float] = {}
+        for (label, _pid, _created), seconds in self.seen.items():
+            totals[label] = totals.get(label, 0.0) + seconds
+        return totals

@@ -27,9 +27,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import psycopg
 
-from benchmarks.common import percentile, read_journal
+from benchmarks.common import CpuMeter, percentile, read_journal
 from benchmarks.soak_traffic import Stream, Traffic
 from src.devserver.databases import migrate
 from src.devserver.load import raised_rate_limits
@@ -84,10 +85,24 @@ class Supervisor:
         self.services = {service.name: service for service in services}
         self.faults: list[Fault] = []
         self.unplanned: list[str] = []  # exits no fault caused, e.g. a worker giving up on Redis
+        self.cpu = CpuMeter()
+        self.next_cpu_sample = 0.0
+
+    def sample_cpu(self) -> None:
+        """Each role's CPU (api-1 and api-2 are "api"), once a second: what a change costs, and where."""
+        if time.time() < self.next_cpu_sample:
+            return
+        self.next_cpu_sample = time.time() + 1.0
+        roles: dict[str, list[int]] = {}
+        for name, service in self.services.items():
+            if service.up:
+                roles.setdefault(name.split("-")[0], []).append(service.server.process.pid)
+        self.cpu.sample(roles)
 
     def tick(self) -> None:
         """One round over every process, waiting for none that is coming up (PostgreSQL and Redis do start
         synchronously: they depend on nothing and take well under a second)."""
+        self.sample_cpu()
         for service in self.services.values():
             now, server = time.time(), service.server
             if service.starting is not None:  # spawned, not ready yet
@@ -374,6 +389,7 @@ def measure(
         "requests": len(changes),
         "shed": traffic.load.shed,
         "errors": dict(Counter(c.outcome for c in changes if c.outcome != "ok")),
+        "status_changes_committed": len(changed),
         "committed_despite_error": sum(c.outcome != "ok" and c.number in changed for c in changes),
         "acknowledged_but_missing": sum(c.outcome == "ok" and c.number not in committed for c in changes),
         "emails": len(emails),
@@ -389,6 +405,27 @@ def measure(
     }
 
 
+def cpu_snapshot(supervisor: Supervisor) -> tuple[dict[str, float], float]:
+    supervisor.next_cpu_sample = 0.0
+    supervisor.sample_cpu()
+    own = psutil.Process().cpu_times()  # the soak's clients and supervision, its children not included
+    return supervisor.cpu.totals(), own.user + own.system
+
+
+def cpu_per_change(
+    supervisor: Supervisor, before: dict[str, float], own_before: float, changes: int
+) -> dict[str, Any]:
+    """Milliseconds of CPU per committed status change, per role, from the start of the load to the end
+    of the drain: the whole cost of a change, its emails and notifications included."""
+    after, own_after = cpu_snapshot(supervisor)
+    per_change = {
+        role: round((seconds - before.get(role, 0.0)) * 1000 / max(1, changes), 1)
+        for role, seconds in sorted(after.items())
+    }
+    per_change["soak_clients"] = round((own_after - own_before) * 1000 / max(1, changes), 1)
+    return {"cpu_ms_per_change": per_change, "cpu_ms_per_change_total": round(sum(per_change.values()), 1)}
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     with ExitStack() as stack:
         workdir = Path(args.workdir or tempfile.mkdtemp(prefix="herald-soak-"))
@@ -397,6 +434,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             stack.callback(shutil.rmtree, workdir, ignore_errors=True)
         supervisor, apis, journal = start_deployment(stack, workdir)
         tokens, titles = seed(apis[0])
+        cpu_before, own_before = cpu_snapshot(supervisor)
         started = time.time()
         traffic = Traffic(apis, tokens, titles, args.rate)
         thread = threading.Thread(target=traffic.run, args=(started + args.duration,), daemon=True)
@@ -409,8 +447,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         thread.join(30)
         traffic.check()
         result = measure(supervisor, traffic, started, load_end, journal)
+        cpu = cpu_per_change(supervisor, cpu_before, own_before, result["status_changes_committed"])
         drained = {"drained": drain_s is not None, "drain_s": None if drain_s is None else round(drain_s, 1)}
-        return {**result, **drained, "wall_s": round(time.time() - started, 1)}
+        return {**result, **drained, "wall_s": round(time.time() - started, 1), **cpu}
 
 
 def main() -> None:

@@ -6,14 +6,15 @@ bound, a burst of requests could each be holding a connection at that point and 
 Admitting as many requests as there are threads bounds the connections requests hold (the pool
 has room for those, the streams' short lookups and the relay) and lets each admitted request
 finish before the next starts, instead of all of them crawling along together. Streams, which live
-for hours and use a connection only for moments, and `/healthz` are not counted.
+for hours and use a connection only for moments, and the health probes are not counted (`/readyz`
+checks on a thread of its own).
 """
 
 import asyncio
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-UNCOUNTED_PATHS = frozenset({"/healthz", "/api/notifications/stream"})
+UNCOUNTED_PATHS = frozenset({"/healthz", "/readyz", "/api/notifications/stream"})
 
 
 class AdmissionLimit:

@@ -6,8 +6,10 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import limits
-from pydantic import AfterValidator, model_validator
+from pydantic import AfterValidator, Field, PositiveInt, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from src.emails.sendgrid_signature import public_key
 
 BACKEND_DIR = Path(__file__).resolve().parent.parent
 DEFAULT_SECRET_KEY = "dev-only-insecure-secret-key-change-me-in-production"
@@ -26,15 +28,26 @@ def _one_rate_limit(value: str) -> str:
 RateLimit = Annotated[str, AfterValidator(_one_rate_limit)]  # `limits` notation: "10/15 minutes"
 
 
+def _sendgrid_key(value: str) -> str:
+    """A key that cannot verify anything stops the process at start-up, not every webhook call."""
+    if value.strip():
+        public_key(value)  # raises ValueError saying what is wrong
+    return value.strip()
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_file=BACKEND_DIR / ".env", env_file_encoding="utf-8", extra="ignore"
     )
 
     environment: str = "development"
+    log_format: Literal["text", "json"] = "text"  # json: one object per line, with request ids
     database_url: str = "sqlite:///./herald.db"
     redis_url: str = "redis://localhost:6379/0"
     redis_sentinel_master: str = ""  # set to use Sentinel: REDIS_URL then lists the sentinels
+    # Celery's broker, e.g. amqp://herald:secret@rabbit:5672/herald; empty: REDIS_URL. Redis keeps the
+    # live fan-out, the rate limits and Celery's (unused) result backend either way.
+    celery_broker_url: str = ""
     secret_key: str = DEFAULT_SECRET_KEY
     access_token_expire_minutes: int = 60
     public_base_url: str = ""  # base of emailed links; empty: the API this machine serves on PORT
@@ -62,6 +75,10 @@ class Settings(BaseSettings):
     email_backend: str = ""  # "smtp", "sendgrid" or "console"; empty: smtp when SMTP_HOST is set
     sendgrid_api_key: str = ""
     sendgrid_api_url: str = "https://api.sendgrid.com/v3/mail/send"
+    # SendGrid's Event Webhook (POST /api/webhooks/sendgrid) suppresses addresses that bounce, are
+    # dropped or report spam. Its verification key, base64 as SendGrid shows it; empty: endpoint off.
+    sendgrid_webhook_public_key: Annotated[str, AfterValidator(_sendgrid_key)] = ""
+    sendgrid_webhook_max_age_seconds: PositiveInt = 600  # a signed timestamp older (or newer) is a replay
     smtp_host: str = ""
     smtp_port: int = 587
     smtp_user: str = ""
@@ -71,6 +88,7 @@ class Settings(BaseSettings):
     smtp_use_tls: bool = False
     smtp_use_ssl: bool = False
     smtp_timeout: float = 10.0
+    smtp_idle_seconds: float = 30.0  # a worker process keeps its connection this long unused; 0: never
 
     notification_publish_interval: float = 5.0
     live_ping_seconds: float = 15.0
@@ -86,10 +104,17 @@ class Settings(BaseSettings):
     email_backoff_max_seconds: float = 3600.0
     email_processor_concurrency: int = 2
     email_max_body_bytes: int = 1_000_000
+    email_retention_days: Annotated[int, Field(ge=1)] = 30  # sent emails and their attempts
+    email_failed_retention_days: Annotated[int, Field(ge=1)] = 90  # failed and cancelled ones
+    notification_retention_days: Annotated[int, Field(ge=1)] = 90  # read notifications, and broadcasts
 
     @property
     def is_production(self) -> bool:
         return self.environment.strip().lower() == "production"
+
+    @property
+    def broker_url(self) -> str:
+        return self.celery_broker_url or self.redis_url
 
     @property
     def public_url(self) -> str:

@@ -83,10 +83,11 @@ def configure_engine(url: str) -> Engine:
     return engine
 
 
-def insert_or_ignore(session: Session, target: Any) -> Any:
-    """INSERT ... ON CONFLICT DO NOTHING in the session's dialect: concurrent identical writes both
-    succeed, once."""
-    dialect_insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+def insert_or_ignore(session: Session | Connection, target: Any) -> Any:
+    """INSERT ... ON CONFLICT DO NOTHING in the session's (or connection's) dialect: concurrent
+    identical writes both succeed, once."""
+    bind = session.get_bind() if isinstance(session, Session) else session
+    dialect_insert = postgresql.insert if bind.dialect.name == "postgresql" else sqlite.insert
     return dialect_insert(target).on_conflict_do_nothing()
 
 

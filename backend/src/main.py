@@ -11,16 +11,20 @@ import anyio.to_thread
 from fastapi import APIRouter, FastAPI
 from fastapi_offline import FastAPIOffline
 
+from src import logs
 from src.admission import AdmissionLimit
 from src.auth.api import router as auth_router
 from src.config import settings
 from src.emails.api import router as emails_router
+from src.emails.suppression_api import router as suppressions_router
+from src.emails.webhooks import router as webhooks_router
 from src.errors import install_error_handlers
 from src.http_guards import ApiHeaders, BodyLimit
 from src.invitations.api import router as invitations_router
 from src.notifications.api import router as notifications_router
 from src.notifications.api import ws_router as notifications_ws_router
 from src.notifications.live import LiveHub
+from src.ops.health import router as health_router
 from src.ops.metrics import router as metrics_router
 from src.orgs.api import router as orgs_router
 from src.outages import fold_outage_tracebacks
@@ -82,7 +86,8 @@ else:
 install_error_handlers(app)
 app.add_middleware(AdmissionLimit, limit=settings.api_threads)
 app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
-app.add_middleware(ApiHeaders)  # outermost: on every answer, errors included
+app.add_middleware(ApiHeaders)  # on every answer, errors included
+app.add_middleware(logs.RequestIds)  # outermost: the id is in context for everything below, and answered
 
 api = APIRouter(prefix="/api")
 for router in (
@@ -91,19 +96,15 @@ for router in (
     invitations_router,
     tasks_router,
     emails_router,
+    suppressions_router,
+    webhooks_router,
     notifications_router,
     notifications_ws_router,
 ):
     api.include_router(router)
 app.include_router(api)
 app.include_router(metrics_router)
+app.include_router(health_router)
 app.include_router(task_page_router)  # where status emails link, outside /api
 app.include_router(web_router)  # the web app at `/`, its files under /assets
 app.mount("/assets", web_assets, name="assets")
-
-
-@app.get("/healthz", tags=["ops"])
-async def healthz() -> dict[str, str]:
-    """Liveness, answered on the event loop from memory: busy threads or a database outage never
-    make a running process look dead."""
-    return {"status": "ok"}

@@ -2,7 +2,7 @@
 
 from src.auth.models import User
 from src.db import Base
-from src.emails.models import EmailAttempt, EmailQueue
+from src.emails.models import EmailAttempt, EmailQueue, Suppression
 from src.idempotency.models import IdempotencyKey
 from src.invitations.models import Invitation
 from src.notifications.models import Notification, NotificationRead, NotificationSequence
@@ -20,6 +20,7 @@ __all__ = [
     "NotificationRead",
     "NotificationSequence",
     "Organization",
+    "Suppression",
     "Task",
     "TaskEvent",
     "User",

@@ -15,6 +15,8 @@ import redis
 from kombu.exceptions import OperationalError as KombuOperationalError
 from sqlalchemy import exc as sa_exc
 
+from src.config import settings
+
 log = logging.getLogger("herald.outages")
 
 FIRST_REMINDER = 1.0  # seconds until the first "still down" line; doubles up to LAST_REMINDER
@@ -77,11 +79,14 @@ class Outage:
 
 
 database = Outage("the database")
-broker = Outage("Redis", breaker_seconds=2.0)
+broker = Outage("Redis", breaker_seconds=2.0)  # Redis: live fan-out, rate limits and (by default) Celery
+# Publishing Celery tasks: Redis's outage, unless CELERY_BROKER_URL names a broker of its own (RabbitMQ),
+# whose outage must neither turn rate limits off nor be turned off by Redis's.
+celery_broker = Outage("the Celery broker", breaker_seconds=2.0) if settings.celery_broker_url else broker
 pool = Outage("a pooled database connection")
 
 DATABASE_ERRORS = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.DisconnectionError)
-_REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, KombuOperationalError)
+_REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError)
 
 
 def outage_of(exc: BaseException | None) -> Outage | None:
@@ -92,6 +97,8 @@ def outage_of(exc: BaseException | None) -> Outage | None:
             return database if _is_connection_error(exc) else None
         if isinstance(exc, _REDIS_ERRORS):
             return broker
+        if isinstance(exc, KombuOperationalError):
+            return celery_broker
         exc, seen = exc.__cause__ or exc.__context__, seen + 1
     return None
 

@@ -217,8 +217,10 @@ def sink(smtp_sink):
     """The SMTP sink, emptied for this test."""
     smtp_sink.messages.clear()
     smtp_sink.replies.clear()
+    smtp_sink.rcpt_replies.clear()
     yield smtp_sink
     smtp_sink.replies.clear()
+    smtp_sink.rcpt_replies.clear()
 
 
 @pytest.fixture
@@ -240,6 +242,20 @@ def redis_server() -> PrivateRedis:
 
 
 WORKER_LEASE_SECONDS = 3
+BROKERS = ("redis", "rabbitmq")  # `@pytest.mark.parametrize("broker", BROKERS, indirect=True)`
+
+
+def _worker_env(database_url: str, smtp_sink, **extra: str) -> dict[str, str]:
+    return {
+        "DATABASE_URL": database_url,
+        "SMTP_HOST": "127.0.0.1",
+        "SMTP_PORT": str(smtp_sink.port),
+        "SMTP_USE_TLS": "false",
+        "EMAIL_LEASE_SECONDS": str(WORKER_LEASE_SECONDS),
+        "EMAIL_BACKOFF_BASE_SECONDS": "0.2",
+        "EMAIL_BACKOFF_MAX_SECONDS": "0.5",
+        **extra,
+    }
 
 
 @pytest.fixture(scope="session")
@@ -251,31 +267,83 @@ def celery_worker(database_url: str, smtp_sink):
     from src.devserver.processes import CeleryWorker
 
     redis.Redis.from_url(os.environ["REDIS_URL"]).flushdb()
-    env = {
-        "DATABASE_URL": database_url,
-        "SMTP_HOST": "127.0.0.1",
-        "SMTP_PORT": str(smtp_sink.port),
-        "SMTP_USE_TLS": "false",
-        "EMAIL_LEASE_SECONDS": str(WORKER_LEASE_SECONDS),
-        "EMAIL_BACKOFF_BASE_SECONDS": "0.2",
-        "EMAIL_BACKOFF_MAX_SECONDS": "0.5",
-    }
-    worker = CeleryWorker(env, RUN_DIR / "worker.log", concurrency=2).start()
+    worker = CeleryWorker(_worker_env(database_url, smtp_sink), RUN_DIR / "worker.log", concurrency=2).start()
+    yield worker
+    worker.stop()
+
+
+@pytest.fixture(scope="session")
+def rabbitmq():
+    """A private RabbitMQ (Debian's rabbitmq-server), started for the first test that runs on it."""
+    from src.devserver.rabbitmq_server import PrivateRabbitMQ
+
+    try:
+        server = PrivateRabbitMQ(workdir=str(RUN_DIR / "rabbitmq")).start()
+    except (OSError, RuntimeError) as exc:
+        if IN_CI:
+            pytest.fail(f"CI=true and no private RabbitMQ: {exc}")
+        pytest.skip(f"no private RabbitMQ: {exc}")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_worker(database_url: str, smtp_sink, rabbitmq):
+    """Like `celery_worker`, with CELERY_BROKER_URL on the private RabbitMQ (Redis stays for the rest)."""
+    from src.devserver.processes import CeleryWorker
+
+    env = _worker_env(database_url, smtp_sink, CELERY_BROKER_URL=rabbitmq.url)
+    worker = CeleryWorker(env, RUN_DIR / "worker-rabbitmq.log", concurrency=2).start()
     yield worker
     worker.stop()
 
 
 @pytest.fixture
-def worker(celery_worker, db):
-    """The shared worker, running and connected, as a supervisor (systemd) keeps it in production.
+def broker(request: pytest.FixtureRequest) -> str:
+    """The Celery broker a test's worker and publishes use: Redis, unless the test is parametrized
+    over BROKERS (only the email pipeline's, so the suite does not run twice)."""
+    return getattr(request, "param", "redis")
 
-    A test may have stopped or killed it, or restarted Redis under it; a Celery worker that loses
+
+@pytest.fixture
+def broker_server(broker: str, request: pytest.FixtureRequest):
+    """The running broker of this test, which it may stop and start: PrivateRedis or PrivateRabbitMQ."""
+    return request.getfixturevalue("redis_server" if broker == "redis" else "rabbitmq")
+
+
+def _use_broker(url: str) -> None:
+    """Point this process's Celery app (its publishes) at `url`: the pools made for the old one go."""
+    from kombu import pools
+
+    from src.celery_app import app, broker_transport_options
+    from src.relay import relay
+
+    relay.flush(5)  # what was owed to the old broker goes there
+    pools.reset()  # closes every pooled connection and forgets the pools
+    app.conf.update(broker_url=url, broker_transport_options=broker_transport_options(url))
+    app._pool = None  # Celery makes both again from the configuration on first use
+    app.amqp._producer_pool = None
+
+
+@pytest.fixture
+def worker(broker: str, db, request: pytest.FixtureRequest):
+    """The shared worker of `broker`, running and connected, as a supervisor (systemd) keeps it in
+    production; with RabbitMQ, this process publishes there too for the test.
+
+    A test may have stopped or killed it, or restarted the broker under it; a Celery worker that loses
     Redis while it holds unacknowledged messages can exit with "Unrecoverable error" (kombu).
     """
-    if not celery_worker.running:
-        celery_worker.start()
-    celery_worker.wait_until_connected()
-    return celery_worker
+    celery_worker = request.getfixturevalue("celery_worker" if broker == "redis" else "rabbitmq_worker")
+    if broker != "redis":
+        _use_broker(request.getfixturevalue("rabbitmq").url)
+    try:
+        if not celery_worker.running:
+            celery_worker.start()
+        celery_worker.wait_until_connected()
+        yield celery_worker
+    finally:
+        if broker != "redis":
+            _use_broker(os.environ["REDIS_URL"])
 
 
 @pytest.fixture(scope="session")

@@ -86,3 +86,14 @@ def test_the_example_env_file_copied_as_is_keeps_make_run_on_its_sink(tmp_path: 
     assert (settings.port, settings.sink_port, settings.public_url) == (8123, 1123, "http://localhost:8123")
     public = Settings(_env_file=moved, public_base_url="https://herald.example.com/")
     assert public.public_url == "https://herald.example.com"
+
+
+def test_redis_only_transport_options_apply_to_a_redis_broker_only():
+    """RabbitMQ acknowledges for real: no visibility timeout (Redis's emulation), no redis-py sockets."""
+    from src.celery_app import broker_transport_options
+    from src.config import settings
+
+    assert broker_transport_options("amqp://herald:secret@127.0.0.1:5672/herald") == {}
+    assert broker_transport_options("redis://127.0.0.1:6379/0")["visibility_timeout"] == (
+        settings.email_lease_seconds * 4
+    )

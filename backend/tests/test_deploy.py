@@ -26,9 +26,12 @@ def test_systemd_units_verify_against_this_checkout(tmp_path):
     assert result.returncode == 0 and not result.stderr.strip(), result.stderr
 
 
-def test_the_api_unit_runs_uvicorn_with_the_limits_the_tests_use():
-    from src.devserver.processes import UVICORN_LIMITS
+def test_systemd_and_supervisor_run_uvicorn_with_the_options_the_tests_use():
+    from src.devserver.processes import UVICORN_LIMITS, UVICORN_PROXY
 
     unit = (BACKEND.parent / "deploy" / "systemd" / "herald-api.service").read_text()
     exec_start = unit.split("\nExecStart=", 1)[1].split("\n\n", 1)[0].replace("\\\n", " ").split("\n")[0]
-    assert set(UVICORN_LIMITS) <= set(exec_start.split())
+    assert set(UVICORN_LIMITS + UVICORN_PROXY) <= set(exec_start.split())
+    supervisor = (BACKEND.parent / "deploy" / "supervisor" / "herald.conf").read_text()
+    command = supervisor.split("[program:herald-api]", 1)[1].split("\ncommand=", 1)[1].split("\n", 1)[0]
+    assert set(UVICORN_LIMITS + UVICORN_PROXY) <= set(command.strip('"').split())

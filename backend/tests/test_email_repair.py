@@ -66,7 +66,7 @@ def test_admins_watch_retry_and_cancel_their_orgs_emails(client, orgs):
     assert again.status_code == 409
     # A worker left running by earlier tests may already be sending it: the retry woke one.
     assert re.fullmatch(
-        "only failed or cancelled emails can be retried; this one is (pending|sending|sent)",
+        "only failed, cancelled or suppressed emails can be retried; this one is (pending|sending|sent)",
         again.json()["detail"],
     )
 

@@ -1,4 +1,5 @@
-"""The email pipeline against a real worker process, a real Redis, a real SMTP sink, on both databases."""
+"""The email pipeline against a real worker process, a real Redis, a real SMTP sink, on both databases;
+its delivery guarantees also with RabbitMQ as the Celery broker."""
 
 import time
 from collections import Counter
@@ -10,7 +11,9 @@ from src.db import SessionLocal
 from src.emails.models import EmailAttempt, EmailQueue, EmailStatus
 from src.emails.service import EmailService
 from src.emails.tasks.email_tasks import process_email_queue
-from tests.conftest import WORKER_LEASE_SECONDS
+from tests.conftest import BROKERS, WORKER_LEASE_SECONDS
+
+on_each_broker = pytest.mark.parametrize("broker", BROKERS, indirect=True)
 
 
 def wait_until(condition, timeout=20.0, interval=0.05, message="condition"):
@@ -92,6 +95,7 @@ def team(client, make_user, make_org, worker, sink):
     return task, alice, bob, carol, dave
 
 
+@on_each_broker
 def test_status_change_emails_each_recipient_once(client, team, worker, sink):
     task, alice, bob, carol, _dave = team
     response = client.patch(f"/api/tasks/{task['id']}", json={"status": "in_progress"}, headers=bob.headers)
@@ -145,9 +149,10 @@ def test_the_task_page_refuses_what_is_not_a_task_number(client, task_id):
     assert response.json()["detail"][0]["loc"] == ["path", "task_id"]
 
 
-def test_redis_outage_delays_but_loses_nothing(client, team, worker, sink, redis_server):
+@on_each_broker
+def test_broker_outage_delays_but_loses_nothing(client, team, worker, sink, broker_server):
     task, alice, bob, carol, _dave = team
-    redis_server.stop()
+    broker_server.stop()
     try:
         started = time.monotonic()
         response = client.patch(f"/api/tasks/{task['id']}", json={"status": "done"}, headers=bob.headers)
@@ -155,10 +160,10 @@ def test_redis_outage_delays_but_loses_nothing(client, team, worker, sink, redis
         assert time.monotonic() - started < 10
         assert [r.status for r in rows()] == [EmailStatus.pending, EmailStatus.pending]
     finally:
-        redis_server.start()
+        broker_server.start()
     kick_processor()
     wait_until(
-        lambda: all_status(EmailStatus.sent, 2), timeout=60, message="emails sent after Redis returned"
+        lambda: all_status(EmailStatus.sent, 2), timeout=60, message="emails sent after the broker returned"
     )
     time.sleep(0.5)
     assert sorted(m.rcpt_tos[0] for m in sink.messages) == [alice.email, carol.email]
@@ -177,6 +182,7 @@ def test_wakeups_and_two_processors_race_on_200_emails(worker, sink):
     assert all(r.attempts == 1 for r in rows()) and len(ids) == 200
 
 
+@on_each_broker
 def test_sigkill_mid_batch_loses_nothing_and_duplicates_at_most_one_per_process(worker, sink):
     worker.stop()
     queue(500, publish=False)

@@ -24,6 +24,8 @@ def test_metrics_report_the_outbox_to_the_scraper(client, monkeypatch):
     lines = response.text.splitlines()
     assert 'herald_emails{status="pending"} 2.0' in lines
     assert 'herald_emails{status="sent"} 0.0' in lines
+    assert 'herald_emails{status="suppressed"} 0.0' in lines
+    assert "herald_email_suppressions 0.0" in lines
     assert any(line.startswith("herald_email_oldest_due_seconds ") for line in lines)
     assert "herald_notifications_unpublished 0.0" in lines
     assert "herald_live_streams 0.0" in lines

@@ -104,9 +104,13 @@ def test_requests_answer_503_at_once_while_the_database_is_down(on_cluster, user
                 assert response.json() == {"detail": "the database is unavailable; retry shortly"}
             health, seconds = timed(http.get, "/healthz")
             assert health.status_code == 200 and seconds < 0.5
+            ready, seconds = timed(http.get, "/readyz")
+            assert ready.status_code == 503 and seconds < 2.0, (ready.status_code, seconds)
+            assert ready.json()["checks"] == {"database": "unavailable", "redis": "ok"}
 
             cluster.start()
             assert http.get("/api/orgs", headers=user).status_code == 200
+            assert http.get("/readyz").json()["status"] == "ready"
     finally:
         api.stop()
     text = log.read_text()

@@ -67,7 +67,8 @@ SERVERS = (
 NOT_RUN = {"make test": "the suite this test is part of"}
 # Commands whose documented answer is a failure: their exit status and what they say.
 DOCUMENTED_FAILURES = {
-    r"\.venv/bin/python -m src\.emails\.cli (retry \d+ \d+|cancel \d+)": (1, "no such email")
+    r"\.venv/bin/python -m src\.emails\.cli (retry \d+ \d+|cancel \d+)": (1, "no such email"),
+    r"\.venv/bin/python -m src\.emails\.cli lift \S+": (1, "not suppressed"),
 }
 # What some commands must say, besides exiting 0: that they did their work, not just ran.
 SAYS = {
@@ -77,6 +78,7 @@ SAYS = {
     r"curl -s localhost:5555/api/workers\?refresh=1": '"celery@',
     r"(make|celery -A src\.celery_app) inspect (active|ping)": "celery@",
     r"\.venv/bin/python -m src\.emails\.cli list --status failed": "no emails match",
+    r"\.venv/bin/python -m src\.emails\.cli suppressions": "no address is suppressed",
 }
 
 

@@ -6,6 +6,7 @@ from fastapi import Depends, HTTPException, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
+from src import logs
 from src.auth.models import User
 from src.auth.security import decode_token
 from src.db import get_session
@@ -42,6 +43,7 @@ def current_user(
     """
     user = user_from_token(session, credentials.credentials if credentials else None)
     session.commit()  # expire_on_commit=False: `user` stays loaded
+    logs.set_user(user.id)
     return user
 
 

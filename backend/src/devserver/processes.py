@@ -124,19 +124,26 @@ class CeleryWorker(ManagedProcess):
 # connections, streams included (a process serves about a thousand): past it, requests answer 503
 # instead of piling up. Idle keep-alive connections close after 5 s. uvicorn has no timeout for a
 # connection that sends nothing or trickles its headers: the reverse proxy must (see the README).
+# --log-config: text or JSON lines (LOG_FORMAT) with request ids, from the first line (src/logs.py).
 UVICORN_LIMITS = [
     "--http=h11", "--h11-max-incomplete-event-size=16384", "--limit-concurrency=2000",
-    "--timeout-keep-alive=5", "--backlog=2048",
+    "--timeout-keep-alive=5", "--backlog=2048", "--log-config=log_config.json",
 ]  # fmt: skip
+
+
+# The client's address (rate limits count per address) is taken from X-Forwarded-For only when the
+# connection comes from the proxy in front (deploy/nginx/herald.conf, on the same machine); set the
+# proxy's address instead where it runs elsewhere.
+UVICORN_PROXY = ["--proxy-headers", "--forwarded-allow-ips=127.0.0.1"]
 
 
 class ApiServer(ManagedProcess):
     def __init__(self, env: dict[str, str], logfile: Path, port: int, *options: str) -> None:
-        """`options` go to uvicorn after UVICORN_LIMITS, so they can override one."""
+        """`options` go to uvicorn after UVICORN_LIMITS and UVICORN_PROXY, so they can override one."""
         self.port = port
         command = [
             sys.executable, "-m", "uvicorn", "src.main:app", "--host=127.0.0.1", f"--port={port}",
-            *UVICORN_LIMITS, *options,
+            *UVICORN_LIMITS, *UVICORN_PROXY, *options,
         ]  # fmt: skip
         super().__init__(command, env, logfile)
 

@@ -21,7 +21,7 @@ from alembic.config import Config
 
 from src.config import BACKEND_DIR, settings
 from src.db import SessionLocal
-from src.devserver.processes import UVICORN_LIMITS
+from src.devserver.processes import UVICORN_LIMITS, UVICORN_PROXY
 from src.devserver.redis_server import PrivateRedis, die_with_parent, redis_answers
 from src.devserver.seed import seed_demo
 
@@ -162,7 +162,16 @@ def _start_everything(
             "--maildir",
             str(maildir),
         ],
-        "api": [python, "-m", "uvicorn", "src.main:app", "--port", str(args.port), *UVICORN_LIMITS],
+        "api": [
+            python,
+            "-m",
+            "uvicorn",
+            "src.main:app",
+            "--port",
+            str(args.port),
+            *UVICORN_LIMITS,
+            *UVICORN_PROXY,
+        ],
         "worker": [*celery, "worker", "--loglevel=info", "--concurrency=2"],
         "beat": [*celery, "beat", "--loglevel=info", "--schedule", str(args.run_dir / "celerybeat-schedule")],
     }

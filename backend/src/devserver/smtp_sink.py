@@ -33,6 +33,7 @@ class ReceivedMail:
     mail_from: str
     rcpt_tos: list[str]
     raw: bytes
+    peer: object = None  # the client's (address, port): one per SMTP connection
     received_at: float = field(default_factory=time.time)
 
     @property
@@ -46,6 +47,7 @@ class RecordingHandler:
         self.replies: deque[str] = deque()
         self.rcpt_replies: deque[str] = deque()
         self.data_delay = 0.0  # seconds before answering DATA: a slow server, for tests
+        self.quits = 0  # connections the client closed politely
         self.maildir = maildir
         self.journal = journal.open("a", buffering=1) if journal else None
         self._lock = threading.Lock()
@@ -60,13 +62,17 @@ class RecordingHandler:
             envelope.rcpt_tos.append(address)
         return reply
 
+    async def handle_QUIT(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        self.quits += 1
+        return "221 Bye"
+
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         if self.data_delay:
             await asyncio.sleep(self.data_delay)
         if self.replies:
             return self.replies.popleft()
         raw = envelope.original_content or b""
-        mail = ReceivedMail(envelope.mail_from or "", list(envelope.rcpt_tos), raw)
+        mail = ReceivedMail(envelope.mail_from or "", list(envelope.rcpt_tos), raw, session.peer)
         with self._lock:
             self.messages.append(mail)
             count = len(self.messages)
@@ -91,6 +97,7 @@ class SmtpSink:
     ) -> None:
         self.handler = RecordingHandler(maildir, journal)
         self.controller = Controller(self.handler, hostname=host, port=port or free_port())
+        self.running = False
 
     @property
     def port(self) -> int:
@@ -110,10 +117,13 @@ class SmtpSink:
 
     def start(self) -> "SmtpSink":
         self.controller.start()
+        self.running = True
         return self
 
     def stop(self) -> None:
-        self.controller.stop()
+        if self.running:  # stopping a stopped sink is no error
+            self.controller.stop()
+            self.running = False
 
     def wait_for(self, count: int, timeout: float = 10.0) -> list[ReceivedMail]:
         deadline = time.monotonic() + timeout

@@ -37,7 +37,7 @@ def _change(session: DbSession, org_id: int, email_id: int, user: CurrentUser, a
     if email is None or email.org_id != org_id:
         raise NotFound("email not found")
     change, rule = {
-        "retry": (EmailService.retry, "only failed or cancelled emails can be retried"),
+        "retry": (EmailService.retry, "only failed, cancelled or suppressed emails can be retried"),
         "cancel": (EmailService.cancel, "only pending emails can be cancelled"),
     }[action]
     if not change(session, [email_id], org_id=org_id):
@@ -48,7 +48,7 @@ def _change(session: DbSession, org_id: int, email_id: int, user: CurrentUser, a
 
 @router.post("/{email_id}/retry")
 def retry_email(org_id: PathId, email_id: PathId, user: CurrentUser, session: DbSession) -> EmailOut:
-    """A failed or cancelled email gets a fresh set of attempts."""
+    """A failed, cancelled or suppressed email gets a fresh set of attempts."""
     return _change(session, org_id, email_id, user, "retry")
 
 

@@ -7,8 +7,10 @@ saying whether the failure is worth retrying. SendGrid's HTTP API is one; other 
 
 import functools
 import logging
+import re
 import smtplib
 import ssl
+from collections.abc import Hashable
 from email import message_from_bytes, policy
 from typing import Protocol
 
@@ -20,22 +22,49 @@ log = logging.getLogger("herald.emails")
 
 
 class DeliveryError(Exception):
-    def __init__(self, reason: str, *, permanent: bool, code: int | None = None, broken: bool = False):
+    def __init__(self, reason: str, *, permanent: bool, code: int | None = None, broken: bool = False,
+                 bad_address: bool = False):  # fmt: skip
         super().__init__(reason)
         self.reason = reason
         self.permanent = permanent
         self.code = code
         self.broken = broken  # the connection is unusable; open a new one for the next message
+        self.bad_address = bad_address  # the recipient can never receive mail: suppress the address
+
+
+# RFC 3463's enhanced status code at the start of a reply: class 5 (permanent), subject, detail.
+_ENHANCED_STATUS = re.compile(r"5\.(\d{1,3})\.(\d{1,3})\b")
+
+
+def address_rejected(code: int, reply: str) -> bool:
+    """Whether a server's refusal of RCPT TO says the address itself will never take mail: a 5xx
+    whose enhanced status is about the address (5.1.x: no such user or domain) or a disabled
+    mailbox (5.2.1), or, without one, 550, 551 or 553. A policy refusal (5.7.x: relaying denied,
+    our server blocked) or a full mailbox (5.2.2) says nothing lasting about the address."""
+    if not 500 <= code < 600:
+        return False
+    enhanced = _ENHANCED_STATUS.match(reply.strip())
+    if enhanced:
+        return enhanced[1] == "1" or (enhanced[1], enhanced[2]) == ("2", "1")
+    return code in (550, 551, 553)
 
 
 class Connection(Protocol):
     def send(self, sender: str, recipient: str, message: bytes) -> None: ...
+
+    def alive(self) -> bool:
+        """Whether a connection kept since its last message can still send (see `connections`)."""
+        ...
 
     def close(self) -> None: ...
 
 
 class EmailBackend(Protocol):
     def connect(self) -> Connection: ...
+
+    def key(self) -> Hashable:
+        """Equal for backends that would connect to the same place the same way."""
+        ...
 
 
 def _reply_text(reply: bytes | str) -> str:
@@ -89,7 +118,9 @@ class SmtpConnection:
             self.smtp.sendmail(sender, [recipient], message)
         except smtplib.SMTPRecipientsRefused as exc:
             code, reply = next(iter(exc.recipients.values()))
-            raise self._refused(f"recipient refused: {code} {_reply_text(reply)}", code) from exc
+            refusal = self._refused(f"recipient refused: {code} {_reply_text(reply)}", code)
+            refusal.bad_address = address_rejected(code, _reply_text(reply))
+            raise refusal from exc
         except smtplib.SMTPResponseException as exc:
             code = exc.smtp_code
             raise self._refused(f"SMTP error: {code} {_reply_text(exc.smtp_error)}", code) from exc
@@ -110,6 +141,12 @@ class SmtpConnection:
         except (OSError, smtplib.SMTPException):
             return False
 
+    def alive(self) -> bool:
+        try:
+            return self.smtp.noop()[0] == 250
+        except (OSError, smtplib.SMTPException):
+            return False
+
     def close(self) -> None:
         try:
             self.smtp.quit()
@@ -124,6 +161,11 @@ class SmtpBackend:
     def connect(self) -> Connection:
         return SmtpConnection(self.settings)
 
+    def key(self) -> Hashable:
+        s = self.settings
+        return ("smtp", s.smtp_host, s.smtp_port, s.smtp_use_ssl, s.smtp_use_tls, s.smtp_user,
+                s.smtp_password)  # fmt: skip
+
 
 class ConsoleConnection:
     def send(self, sender: str, recipient: str, message: bytes) -> None:
@@ -131,6 +173,9 @@ class ConsoleConnection:
         body = parsed.get_body(("plain",))
         text = body.get_content() if body else ""  # type: ignore[attr-defined]
         log.info("console email to %s: %s\n%s", recipient, parsed["Subject"], text)
+
+    def alive(self) -> bool:
+        return True
 
     def close(self) -> None:
         pass
@@ -144,6 +189,9 @@ class ConsoleBackend:
 
     def connect(self) -> Connection:
         return ConsoleConnection()
+
+    def key(self) -> Hashable:
+        return ("console",)
 
 
 class SendGridConnection:
@@ -185,6 +233,9 @@ class SendGridConnection:
         # rate limiting, an outage) can pass once fixed or over.
         raise DeliveryError(reason, permanent=response.status_code in (400, 413), code=response.status_code)
 
+    def alive(self) -> bool:
+        return True  # httpx reconnects by itself when the server closed the kept-alive connection
+
     def close(self) -> None:
         self.client.close()
 
@@ -207,6 +258,9 @@ class SendGridBackend:
 
     def connect(self) -> Connection:
         return SendGridConnection(self.settings)
+
+    def key(self) -> Hashable:
+        return ("sendgrid", self.settings.sendgrid_api_url, self.settings.sendgrid_api_key)
 
 
 BACKENDS: dict[str, type[SmtpBackend] | type[ConsoleBackend] | type[SendGridBackend]] = {

@@ -3,6 +3,9 @@
 A crash then re-sends at most the message in flight. An outcome the server accepted is never lost to
 a database outage: its write is retried until the database answers again or the claim's lease is
 about to end, and nothing new is sent meanwhile.
+
+An email to a suppressed address is not sent but recorded `suppressed`, and a server's lasting
+refusal of an address suppresses it, written with the outcome that records the refusal.
 """
 
 import contextlib
@@ -19,14 +22,16 @@ from sqlalchemy.orm import Session
 
 from src import outages
 from src.config import settings
-from src.db import SessionLocal, UTCDateTime, utcnow
+from src.db import SessionLocal, UTCDateTime, insert_or_ignore, utcnow
 from src.emails.backends import Connection, DeliveryError, get_backend
 from src.emails.claims import Claim, backoff_seconds, claim, fail_abandoned, release, renew
-from src.emails.models import EmailAttempt, EmailQueue, EmailStatus
+from src.emails.connections import kept_connections
+from src.emails.models import EmailAttempt, EmailQueue, EmailStatus, Suppression
+from src.emails.suppressions import NewSuppression, address_key, suppressed_among
 
 log = logging.getLogger("herald.emails")
 
-_queue, _attempts = EmailQueue.__table__, EmailAttempt.__table__
+_queue, _attempts, _suppressions = EmailQueue.__table__, EmailAttempt.__table__, Suppression.__table__
 # Built once: these run once per email, and SQLAlchemy then reuses their compiled form.
 _MARK = (
     _queue.update()
@@ -72,6 +77,16 @@ _MARK_AND_LOG = (
 )
 
 
+class AddressSuppressed(DeliveryError):
+    """Not an error of the server's: the email was not sent, as its address is suppressed."""
+
+    def __init__(self, suppression: Suppression) -> None:
+        since = suppression.created_at.isoformat(timespec="seconds")
+        detail = f": {suppression.detail}" if suppression.detail else ""
+        reason = f"not sent: the address is suppressed since {since} ({suppression.reason}{detail})"
+        super().__init__(reason, permanent=True)
+
+
 class OutcomeRecorder:
     """Writes outcomes on a connection of its own: on PostgreSQL in autocommit, as each write is one
     self-contained, conditional statement that is safe to repeat."""
@@ -109,9 +124,15 @@ class OutcomeRecorder:
             self.connection = self.engine.connect()
             if self.connection.dialect.name == "postgresql":
                 self.connection = self.connection.execution_options(isolation_level="AUTOCOMMIT")
+        suppression = params["suppression"]
         if self.connection.dialect.name == "postgresql":
+            # First, and as safe to repeat: if the outcome is lost, the retried email finds it.
+            if suppression is not None:
+                self.connection.execute(insert_or_ignore(self.connection, _suppressions), suppression)
             return self.connection.execute(_MARK_AND_LOG, params).scalar_one()
         with self.connection.begin():
+            if suppression is not None:
+                self.connection.execute(insert_or_ignore(self.connection, _suppressions), suppression)
             recorded = self.connection.execute(_MARK, params).rowcount
             self.connection.execute(_LOG_ATTEMPT, params)
             return recorded
@@ -128,6 +149,8 @@ def _outcome(email: EmailQueue, token: str, error: DeliveryError | None, started
     status, retry_at = EmailStatus.sent, None
     if error is None:
         outcome = "sent"
+    elif isinstance(error, AddressSuppressed):
+        outcome, status = "suppressed", EmailStatus.suppressed
     elif error.permanent or email.attempts >= email.max_attempts:
         outcome, status = ("permanent" if error.permanent else "transient"), EmailStatus.failed
     else:
@@ -145,7 +168,25 @@ def _outcome(email: EmailQueue, token: str, error: DeliveryError | None, started
         "outcome": outcome,
         "smtp_code": error.code if error else 250,
         "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+        "suppression": _rejection(email, error),
     }
+
+
+def _log_outcome(email: EmailQueue, error: DeliveryError | None) -> None:
+    """One line per attempt, with the id of the request that queued the email: a status change can
+    be followed from its request to the mail server's reply."""
+    fields = {"email_id": email.id, "request_id": email.request_id}
+    if error is None:
+        log.info("email %s sent (attempt %d)", email.id, email.attempts, extra=fields)
+    else:
+        log.warning("email %s attempt %d failed: %s", email.id, email.attempts, error.reason, extra=fields)
+
+
+def _rejection(email: EmailQueue, error: DeliveryError | None) -> dict[str, Any] | None:
+    """The suppression a server's lasting refusal of the address calls for, if it was one."""
+    if error is None or not error.bad_address:
+        return None
+    return NewSuppression(email.to_email, "rejected", error.reason).row()
 
 
 @dataclass
@@ -156,12 +197,14 @@ class Delivery:
 
 
 def send_claimed(session: Session, claim: Claim) -> Delivery:
-    """Send a claim's emails over one connection."""
+    """Send a claim's emails over one connection, kept afterwards for the process's next delivery."""
     backend = get_backend(settings)
     connection: Connection | None = None
     recorder = OutcomeRecorder(session.get_bind())  # type: ignore[arg-type]
     delivery = Delivery(claimed=len(claim.emails))
     margin = settings.email_lease_seconds * 0.1
+    suppressed = suppressed_among(session, [e.to_email for e in claim.emails])
+    session.commit()  # not a transaction left open while sending
     try:
         for index, email in enumerate(claim.emails):
             if claim.renewal_due and not renew(session, claim, claim.emails[index:]):
@@ -169,9 +212,12 @@ def send_claimed(session: Session, claim: Claim) -> Delivery:
                 break
             started = time.perf_counter()
             error: DeliveryError | None = None
+            suppression = suppressed.get(address_key(email.to_email))
             try:
+                if suppression is not None:
+                    raise AddressSuppressed(suppression)
                 if connection is None:
-                    connection = backend.connect()
+                    connection = kept_connections.take(backend, settings.smtp_idle_seconds)
                 connection.send(settings.smtp_from_email, email.to_email, email.mime.encode("ascii"))
             except DeliveryError as exc:
                 error = exc
@@ -181,6 +227,10 @@ def send_claimed(session: Session, claim: Claim) -> Delivery:
             if not recorder.record(email, claim.token, error, started, claim.lease_ends - margin):
                 delivery.unreachable = True  # the rest stay claimed; their lease expires, then they are due
                 break
+            _log_outcome(email, error)
+            rejection = _rejection(email, error)
+            if rejection is not None:  # the rest of this batch to that address is suppressed too
+                suppressed[rejection["email"]] = Suppression(**rejection)
             if error is None:
                 delivery.sent += 1
             elif error.broken and index == 0:
@@ -188,10 +238,14 @@ def send_claimed(session: Session, claim: Claim) -> Delivery:
                 release(session, claim.emails[1:], claim.token)
                 delivery.unreachable = True
                 break
+    except BaseException:
+        if connection is not None:
+            connection.close()  # it may be in the middle of a message
+        raise
     finally:
         recorder.close()
-        if connection is not None:
-            connection.close()
+    if connection is not None:
+        kept_connections.give_back(backend, connection, settings.smtp_idle_seconds)
     return delivery
 
 

@@ -14,6 +14,7 @@ class EmailStatus(enum.StrEnum):
     sent = "sent"
     failed = "failed"
     cancelled = "cancelled"
+    suppressed = "suppressed"  # not sent: the address is suppressed (see `Suppression`); final
 
 
 class EmailQueue(Base):
@@ -47,6 +48,7 @@ class EmailQueue(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    request_id: Mapped[str | None] = mapped_column(String(64))  # the API request that queued it
 
 
 class EmailAttempt(Base):
@@ -61,4 +63,20 @@ class EmailAttempt(Base):
     smtp_code: Mapped[int | None] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text)
     duration_ms: Mapped[float] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Suppression(Base):
+    """An address no email goes to: its server refused it for good, or SendGrid reported a bounce,
+    a drop or a spam complaint. Mailing it again would hurt the sending domain's reputation.
+
+    One row per address, stored lowercased; lifting a suppression deletes its row.
+    """
+
+    __tablename__ = "email_suppressions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    reason: Mapped[str] = mapped_column(String(20))  # "rejected" (SMTP 5xx on RCPT), or SendGrid's event
+    detail: Mapped[str] = mapped_column(Text, default="")  # the server's reply, or SendGrid's reason
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -27,3 +27,27 @@ class EmailOut(BaseModel):
 class EmailPage(BaseModel):
     items: list[EmailOut]
     counts: dict[str, int]
+
+
+class SuppressionOut(BaseModel):
+    """An address no email goes to, and why: `rejected` (its server refused it for good), or the
+    SendGrid event that reported it (`bounce`, `dropped`, `spamreport`)."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    email: str
+    reason: str
+    detail: str
+    created_at: datetime
+
+
+class SuppressionPage(BaseModel):
+    items: list[SuppressionOut]
+
+
+class SendGridReceipt(BaseModel):
+    """What a batch of SendGrid events did: how many it held, how many addresses it newly suppressed."""
+
+    events: int
+    suppressed: int

@@ -20,6 +20,7 @@ from src.db import after_commit, insert_or_ignore, utcnow
 from src.emails.mime import compose_message
 from src.emails.models import EmailQueue, EmailStatus
 from src.errors import Invalid
+from src.logs import current_request_id
 from src.text import visible
 
 log = logging.getLogger("herald.emails")
@@ -101,13 +102,17 @@ class EmailService:
 
     @staticmethod
     def retry(session: Session, email_ids: list[int] | None, org_id: int | None = None) -> list[int]:
-        """Give failed or cancelled emails a fresh set of attempts; `None` means every failed one.
+        """Give failed, cancelled or suppressed emails a fresh set of attempts; `None` means every
+        failed one. A suppressed email retried goes out if its address's suppression was lifted,
+        and ends `suppressed` again if not.
 
         Returns the ids that changed. Only those states move, in one conditional UPDATE, so a retry
         can never touch an email being sent or already delivered.
         """
         retryable = (
-            [EmailStatus.failed, EmailStatus.cancelled] if email_ids is not None else [EmailStatus.failed]
+            [EmailStatus.failed, EmailStatus.cancelled, EmailStatus.suppressed]
+            if email_ids is not None
+            else [EmailStatus.failed]
         )
         query = update(EmailQueue).where(EmailQueue.status.in_(retryable))
         if email_ids is not None:
@@ -195,6 +200,7 @@ def _new_row(draft: EmailDraft) -> dict[str, Any]:
         "max_attempts": draft.max_attempts or settings.email_max_attempts,
         "created_at": now,
         "next_attempt_at": now,
+        "request_id": current_request_id(),
     }
 
 
@@ -215,14 +221,14 @@ def _wake_workers() -> None:
 
     ids = _owed[:]
     _owed.clear()
-    if not ids or outages.broker.down:  # known down: do not wait for another refusal
+    if not ids or outages.celery_broker.down:  # known down: do not wait for another refusal
         return
     try:
         for start in range(0, len(ids), settings.email_batch_size):
             batch = ids[start : start + settings.email_batch_size]
             send_email_async.delay(batch[0], batch[1:])
     except Exception as exc:  # the broker is optional for correctness: the processor sends them
-        if outages.broker.failed(exc):
+        if outages.celery_broker.failed(exc):
             log.warning("%d email(s) not published; the queue processor will send them", len(ids))
         return
-    outages.broker.ok()
+    outages.celery_broker.ok()

@@ -26,12 +26,14 @@ from types import FrameType
 from typing import Any
 
 import redis
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from src import outages
 from src.config import settings
 from src.db import SessionLocal
+from src.notifications.models import NotificationSequence
 from src.notifications.service import CHANNEL, NotificationService, last_seq
 from src.orgs.service import member_org_ids
 from src.redis_client import async_redis
@@ -40,6 +42,7 @@ log = logging.getLogger("herald.live")
 
 QUEUE_LIMIT = 1000  # events a subscriber may have waiting before it is cut off to recover
 TOO_MANY_STREAMS = "too many streams: this user opened a newer one; do not reconnect this one"
+TOO_OLD = "too old: notifications after this Last-Event-ID were deleted by retention; refetch the inbox"
 STREAM_LIST_SECONDS = 86_400  # a user's list of streams outlives no idle day (crashed processes' entries)
 
 
@@ -302,11 +305,13 @@ class StreamStart:
     org_ids: frozenset[int]
     unread: int
     watermark: int  # the highest seq given out when `unread` was counted
+    purged_through: int = 0  # retention may have deleted any seq up to here
 
 
 def stream_start(session: Session, user_id: int) -> StreamStart:
     unread, watermark = NotificationService.unread_snapshot(session, user_id)
-    return StreamStart(user_id, frozenset(member_org_ids(session, user_id)), unread, watermark)
+    purged = session.scalar(select(NotificationSequence.purged_through)) or 0
+    return StreamStart(user_id, frozenset(member_org_ids(session, user_id)), unread, watermark, purged)
 
 
 def to_json(data: Any) -> str:
@@ -337,6 +342,11 @@ async def events(hub: LiveHub, start: StreamStart, since: int | None) -> AsyncIt
     try:
         await hub.limit_streams(subscriber)
         counted_after_watermark: set[int] = set()
+        if since is not None and since < start.purged_through:
+            # What it asks for may be gone: replaying the rest would hide that. The client refetches
+            # its inbox (GET /api/notifications) and goes on from the id of the next event.
+            yield [{"event": "reset", "data": {"reason": TOO_OLD}}]
+            since = None
         sent_up_to = since if since is not None else watermark
 
         def deliver(payload: dict[str, Any], encoded: str | None = None) -> list[dict[str, Any]]:

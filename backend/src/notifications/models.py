@@ -51,3 +51,6 @@ class NotificationSequence(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     last_seq: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Every seq up to here may have been deleted by retention: a stream asked to resume from before
+    # it cannot replay what was there, and tells its client to refetch instead.
+    purged_through: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")

@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 
 from src.config import settings
 from src.db import SessionLocal, utcnow
-from src.emails.models import EmailQueue, EmailStatus
+from src.emails.models import EmailQueue, EmailStatus, Suppression
 from src.emails.service import EmailService
 from src.notifications.live import LiveHub
 from src.notifications.models import Notification
@@ -37,6 +37,7 @@ class HeraldCollector:
                 select(func.min(EmailQueue.next_attempt_at)).where(EmailQueue.status == EmailStatus.pending)
             )
             unpublished = session.scalar(select(func.count()).where(Notification.seq.is_(None))) or 0
+            suppressed = session.scalar(select(func.count()).select_from(Suppression)) or 0
             given_out = last_seq(session)
         emails = GaugeMetricFamily("herald_emails", "Emails in the outbox, by status", labels=["status"])
         for email_status, count in counts.items():
@@ -47,6 +48,11 @@ class HeraldCollector:
             "herald_email_oldest_due_seconds",
             "How long the longest-waiting due email has been due",
             value=overdue,
+        )
+        yield GaugeMetricFamily(
+            "herald_email_suppressions",
+            "Addresses no email goes to: refused for good, bounced, dropped or reported as spam",
+            value=suppressed,
         )
         yield GaugeMetricFamily(
             "herald_notifications_unpublished",

@@ -7,7 +7,7 @@ import { api } from "./api.js";
 const POLL_MS = 5000;
 const MAX_BACKOFF_MS = 15000;
 
-export function connectLive({ onCount, onNotification, onState }) {
+export function connectLive({ onCount, onNotification, onState, onReset }) {
   let source = null;
   let lastEventId = null;
   let stopped = false;
@@ -76,6 +76,11 @@ export function connectLive({ onCount, onNotification, onState }) {
     source.addEventListener("notification", (event) => {
       track(event);
       onNotification(JSON.parse(event.data));
+    });
+    source.addEventListener("reset", () => {
+      // Resumed from before what retention deleted: the stream goes on live, the rest is refetched.
+      poll();
+      onReset();
     });
     source.addEventListener("closed", () => {
       // A newer stream of this user replaced this one: do not fight it, poll instead.

@@ -52,12 +52,17 @@ function Workspace({ route }) {
   const [liveState, setLiveState] = useState("connecting");
   const [incoming, setIncoming] = useState(null);
   const [liveTick, setLiveTick] = useState(0);
+  const [inboxRound, setInboxRound] = useState(0);
   const [inboxOpen, setInboxOpen] = useState(false);
   const [changedTask, setChangedTask] = useState(null);
 
   useEffect(() => connectLive({
     onCount: setCount,
     onState: setLiveState,
+    onReset: () => {
+      setInboxRound((n) => n + 1);
+      setLiveTick((n) => n + 1);
+    },
     onNotification: (notification) => {
       setIncoming(notification);
       if (notification.data?.task_id) setLiveTick((n) => n + 1);
@@ -113,7 +118,7 @@ function Workspace({ route }) {
     ${page}
     ${taskId && html`<${TaskDrawer} key=${taskId} taskId=${Number(taskId)} me=${me.data} people=${people}
       onClose=${() => go("board")} onChanged=${setChangedTask} />`}
-    ${inboxOpen && html`<${Inbox} incoming=${incoming} openTask=${openTask} onClose=${() => setInboxOpen(false)} />`}
+    ${inboxOpen && html`<${Inbox} key=${inboxRound} incoming=${incoming} openTask=${openTask} onClose=${() => setInboxOpen(false)} />`}
   </div>`;
 }
 
