@@ -140,6 +140,8 @@ function App() {
   return html`${view}<${Toasts} />`;
 }
 
+// An emailed link, `/tasks/{id}`, serves this page: show that task through the app's own route.
+if (/^\/tasks\/\d+$/.test(location.pathname)) history.replaceState(null, "", `/#${location.pathname}`);
 const root = document.getElementById("app");
 root.textContent = ""; // the "Loading" placeholder
 render(html`<${App} />`, root);
