@@ -34,6 +34,8 @@ from src.preferences.pages import public_router as unsubscribe_router
 from src.preferences.pages import router as preference_pages_router
 from src.tasks.api import router as tasks_router
 from src.tasks.page import router as task_page_router
+from src.web.app import assets as web_assets
+from src.web.app import router as web_router
 
 
 class RedactQueryTokens(logging.Filter):
@@ -112,3 +114,5 @@ app.include_router(health_router)
 app.include_router(task_page_router)  # where status emails link, outside /api
 app.include_router(preference_pages_router)  # where emails' unsubscribe and preferences links lead
 app.include_router(unsubscribe_router)  # the one-click POST, in the schema
+app.include_router(web_router)  # the web app at `/`, its files under /assets
+app.mount("/assets", web_assets, name="assets")

@@ -88,7 +88,9 @@ def test_make_run_serves_the_demo_delivers_mail_and_survives_a_worker_crash(runn
 
     bob = login("bob@demo.herald.dev")
     [org] = api.get("/api/orgs", headers=bob).json()
-    [task] = api.get(f"/api/orgs/{org['id']}/tasks", headers=bob).json()["items"]
+    board = api.get(f"/api/orgs/{org['id']}/tasks", headers=bob).json()["items"]
+    assert {t["status"] for t in board} == {"todo", "in_progress", "in_review", "done", "cancelled"}
+    [task] = [t for t in board if t["title"].startswith("Try Herald")]
 
     wait_for(lambda: list(maildir.glob("*.eml")), 15, "the email inviting Bob in the sink")
 
