@@ -141,4 +141,3 @@ def test_the_preferences_screen_shows_an_error_it_can_recover_from(team, screens
     b.page.unroute("**/api/me/preferences")
     b.page.get_by_role("button", name="Try again").click()
     expect(b.page.get_by_label("Task status changes: Email")).to_have_value("immediate")
-

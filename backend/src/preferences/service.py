@@ -165,6 +165,5 @@ def muted_among(session: Session, user_id: int, task_ids: Iterable[int]) -> set[
     ids = set(task_ids)
     if not ids:
         return set()
-    return set(
-        session.scalars(select(TaskMute.task_id).where(TaskMute.user_id == user_id, TaskMute.task_id.in_(ids)))
-    )
+    mutes = select(TaskMute.task_id).where(TaskMute.user_id == user_id, TaskMute.task_id.in_(ids))
+    return set(session.scalars(mutes))

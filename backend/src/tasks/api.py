@@ -60,7 +60,8 @@ def list_tasks(
 ) -> TaskPage:
     items, total = service.list_tasks(session, org_id, user, status, assignee_id, limit, offset)
     muted = muted_among(session, user.id, (t.id for t in items))
-    return TaskPage(items=[_task_out(t, t.id in muted) for t in items], total=total, limit=limit, offset=offset)
+    out = [_task_out(t, t.id in muted) for t in items]
+    return TaskPage(items=out, total=total, limit=limit, offset=offset)
 
 
 @router.get("/tasks/{task_id}")
