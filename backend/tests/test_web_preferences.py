@@ -54,7 +54,7 @@ def test_email_off_in_preferences_queues_nothing_and_reset_brings_it_back(client
 
     b.page.get_by_label("Time zone").fill("Europe/Paris")
     b.page.get_by_label("Send my digest").select_option("daily")
-    b.page.get_by_label("At").select_option("7")
+    b.page.get_by_label("Local hour").select_option("7")
     b.page.get_by_role("button", name="Save the schedule").click()
     expect(b.page.locator(".toast").last).to_contain_text("Digest schedule saved")
     assert client.get("/api/me/preferences", headers=bob.headers).json()["digest"] == {

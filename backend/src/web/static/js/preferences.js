@@ -35,7 +35,7 @@ function DigestForm({ digest, onSaved }) {
   return html`<form class="digest-form" onSubmit=${submit}>
     <label>Send my digest<select value=${schedule.frequency} onChange=${set("frequency")}>
       <option value="hourly">every hour</option><option value="daily">once a day</option></select></label>
-    ${schedule.frequency === "daily" && html`<label>At<select value=${schedule.hour} onChange=${set("hour")}>
+    ${schedule.frequency === "daily" && html`<label>At<select aria-label="Local hour" value=${schedule.hour} onChange=${set("hour")}>
       ${HOURS.map((hour) => html`<option value=${hour}>${String(hour).padStart(2, "0")}:00</option>`)}</select></label>`}
     <label>Time zone<input value=${schedule.timezone} onInput=${set("timezone")} list="time-zones" required maxlength="64" />
       <datalist id="time-zones">${ZONES.map((zone) => html`<option value=${zone} />`)}</datalist></label>
