@@ -158,3 +158,12 @@ def set_muted(session: Session, task_id: int, user_id: int, muted: bool) -> None
         session.execute(insert_or_ignore(session, TaskMute).values(task_id=task_id, user_id=user_id))
     else:
         session.execute(delete(TaskMute).where(TaskMute.task_id == task_id, TaskMute.user_id == user_id))
+
+
+def muted_among(session: Session, user_id: int, task_ids: Iterable[int]) -> set[int]:
+    """Which of these tasks the user muted: one query, for a task or a page of them."""
+    ids = set(task_ids)
+    if not ids:
+        return set()
+    mutes = select(TaskMute.task_id).where(TaskMute.user_id == user_id, TaskMute.task_id.in_(ids))
+    return set(session.scalars(mutes))

@@ -2,9 +2,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, status
 from fastapi.responses import Response
+from sqlalchemy.orm import Session
 
 from src.auth.deps import CurrentUser, DbSession
 from src.idempotency.deps import Idempotent
+from src.preferences.service import muted_among
 from src.tasks import service
 from src.tasks.models import Task, TaskStatus
 from src.tasks.schemas import TaskEventOut, TaskIn, TaskOut, TaskPage, TaskPatch
@@ -13,7 +15,7 @@ from src.validation import MAX_ID, PathId, QueryId
 router = APIRouter(tags=["tasks"])
 
 
-def _task_out(task: Task) -> TaskOut:
+def _task_out(task: Task, muted: bool) -> TaskOut:
     return TaskOut(
         id=task.id,
         org_id=task.org_id,
@@ -23,9 +25,14 @@ def _task_out(task: Task) -> TaskOut:
         assignee_id=task.assignee_id,
         reporter_id=task.reporter_id,
         watcher_ids=[w.id for w in task.watchers],
+        muted=muted,
         created_at=task.created_at,
         updated_at=task.updated_at,
     )
+
+
+def _own_task_out(session: Session, user_id: int, task: Task) -> TaskOut:
+    return _task_out(task, task.id in muted_among(session, user_id, [task.id]))
 
 
 @router.post("/orgs/{org_id}/tasks", status_code=status.HTTP_201_CREATED, response_model=TaskOut)
@@ -36,7 +43,7 @@ def create_task(
         task = service.create_task(
             session, org_id, user, body.title, body.description, body.assignee_id, body.watcher_ids
         )
-        return _task_out(task)
+        return _task_out(task, muted=False)
 
     return idempotent.run(create)
 
@@ -52,27 +59,29 @@ def list_tasks(
     offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
 ) -> TaskPage:
     items, total = service.list_tasks(session, org_id, user, status, assignee_id, limit, offset)
-    return TaskPage(items=[_task_out(t) for t in items], total=total, limit=limit, offset=offset)
+    muted = muted_among(session, user.id, (t.id for t in items))
+    out = [_task_out(t, t.id in muted) for t in items]
+    return TaskPage(items=out, total=total, limit=limit, offset=offset)
 
 
 @router.get("/tasks/{task_id}")
 def get_task(task_id: PathId, user: CurrentUser, session: DbSession) -> TaskOut:
-    return _task_out(service.get_task(session, task_id, user))
+    return _own_task_out(session, user.id, service.get_task(session, task_id, user))
 
 
 @router.patch("/tasks/{task_id}")
 def update_task(task_id: PathId, body: TaskPatch, user: CurrentUser, session: DbSession) -> TaskOut:
-    return _task_out(service.update_task(session, task_id, user, body))
+    return _own_task_out(session, user.id, service.update_task(session, task_id, user, body))
 
 
 @router.post("/tasks/{task_id}/watchers/{user_id}")
 def add_watcher(task_id: PathId, user_id: PathId, user: CurrentUser, session: DbSession) -> TaskOut:
-    return _task_out(service.set_watching(session, task_id, user, user_id, watch=True))
+    return _own_task_out(session, user.id, service.set_watching(session, task_id, user, user_id, watch=True))
 
 
 @router.delete("/tasks/{task_id}/watchers/{user_id}")
 def remove_watcher(task_id: PathId, user_id: PathId, user: CurrentUser, session: DbSession) -> TaskOut:
-    return _task_out(service.set_watching(session, task_id, user, user_id, watch=False))
+    return _own_task_out(session, user.id, service.set_watching(session, task_id, user, user_id, watch=False))
 
 
 @router.get("/tasks/{task_id}/events", response_model=list[TaskEventOut])

@@ -33,6 +33,7 @@ class TaskOut(BaseModel):
     assignee_id: int | None
     reporter_id: int
     watcher_ids: list[int]
+    muted: bool = Field(description="whether you muted it (POST/DELETE /api/tasks/{id}/mute)")
     created_at: datetime
     updated_at: datetime
 

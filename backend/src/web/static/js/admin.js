@@ -1,6 +1,8 @@
-// Organization admin, for owners and admins: members and invitations, announcements, the outbox.
+// Organization admin, for owners and admins: members and invitations, announcements, notification
+// defaults, the outbox.
 import { useState } from "preact/hooks";
 import { api } from "./api.js";
+import { OrgDefaults } from "./org-defaults.js";
 import { html, ListState, toast, useLoad, when } from "./ui.js";
 
 /** A small form whose fields become the JSON body of one POST. */
@@ -126,7 +128,7 @@ function Outbox({ org }) {
 
 export function AdminPage({ org, me, onMembersChanged }) {
   const [tab, setTab] = useState("members");
-  const tabs = [["members", "Members"], ["announce", "Announcements"], ["outbox", "Outbox"]];
+  const tabs = [["members", "Members"], ["announce", "Announcements"], ["defaults", "Notification defaults"], ["outbox", "Outbox"]];
   return html`<main class="page admin">
     <h1>${org.name}: admin</h1>
     <div class="tabs" role="tablist">
@@ -136,6 +138,7 @@ export function AdminPage({ org, me, onMembersChanged }) {
     <div role="tabpanel" id="panel-${tab}" aria-labelledby="tab-${tab}">
       ${tab === "members" && html`<${Members} org=${org} me=${me} onMembersChanged=${onMembersChanged} />`}
       ${tab === "announce" && html`<${Announcements} org=${org} />`}
+      ${tab === "defaults" && html`<${OrgDefaults} org=${org} />`}
       ${tab === "outbox" && html`<${Outbox} org=${org} />`}
     </div>
   </main>`;

@@ -1,4 +1,4 @@
-// One task in a side panel: edit it, assign it, watch it, and read its history (`/events`).
+// One task in a side panel: edit it, assign it, watch or mute it, and read its history (`/events`).
 import { useEffect, useRef, useState } from "preact/hooks";
 import { api } from "./api.js";
 import { AssigneeSelect } from "./task-form.js";
@@ -56,6 +56,11 @@ export function TaskDrawer({ taskId, me, people, onClose, onChanged }) {
   const watch = () =>
     change(() => api(`/tasks/${taskId}/watchers/${me.id}`, { method: watching ? "DELETE" : "POST" }),
       watching ? "You no longer watch this task" : "You watch this task");
+  const mute = () =>
+    change(async () => {
+      const { muted } = await api(`/tasks/${taskId}/mute`, { method: t.muted ? "DELETE" : "POST" });
+      return { ...t, muted };
+    }, t.muted ? "You hear about this task again" : "You hear nothing more about this task");
 
   // The edit form is not controlled (defaultValue), so a re-render, as when the history loads, keeps
   // what is being typed; it starts afresh from each saved version (key).
@@ -70,7 +75,9 @@ export function TaskDrawer({ taskId, me, people, onClose, onChanged }) {
     ${t && html`<div class="drawer-body">
       <p class="meta">Reported by ${people.name(t.reporter_id)} · ${when(t.created_at)}</p>
       <p class="meta">Watched by ${t.watcher_ids.length ? t.watcher_ids.map((id) => people.name(id)).join(", ") : "nobody"}
-        <button type="button" class="small" onClick=${watch} disabled=${busy} aria-pressed=${watching}>${watching ? "Unwatch" : "Watch"}</button></p>
+        <button type="button" class="small" onClick=${watch} disabled=${busy} aria-pressed=${watching}>${watching ? "Unwatch" : "Watch"}</button>
+        <button type="button" class="small" onClick=${mute} disabled=${busy} aria-pressed=${t.muted}
+          title="No email and no notification about this task, for you">${t.muted ? "Unmute" : "Mute"}</button></p>
       <form class="task-edit" onSubmit=${save} key=${t.updated_at}>
         <label>Title<input name="title" required maxlength="300" defaultValue=${t.title} /></label>
         <label>Status<select name="status">

@@ -1,5 +1,5 @@
 // The app shell: who is signed in, which organization, the header with the bell, and the routes
-// (`#/board`, `#/tasks/{id}`, `#/admin`, `#/orgs`; signed out: `#/signin`, `#/signup`, `#/verify`, `#/reset`).
+// (`#/board`, `#/tasks/{id}`, `#/preferences`, `#/admin`, `#/orgs`; signed out: `#/signin`, `#/signup`, `#/verify`, `#/reset`).
 import { render } from "preact";
 import { useCallback, useEffect, useMemo, useState } from "preact/hooks";
 import { api, auth } from "./api.js";
@@ -10,6 +10,7 @@ import { TaskDrawer } from "./drawer.js";
 import { Bell, Inbox } from "./inbox.js";
 import { connectLive } from "./live.js";
 import { OrgSwitcher, OrgsPage } from "./orgs.js";
+import { PreferencesPage } from "./preferences.js";
 import { html, Toasts, useLoad } from "./ui.js";
 
 const ORG_KEY = "herald.org";
@@ -93,6 +94,7 @@ function Workspace({ route }) {
   const taskId = /^tasks\/(\d+)$/.exec(route.path)?.[1];
   let page;
   if (!org || route.path === "orgs") page = html`<${OrgsPage} onJoined=${joined} />`;
+  else if (route.path === "preferences") page = html`<${PreferencesPage} org=${org} />`;
   else if (route.path === "admin" && manager) {
     page = html`<${AdminPage} key=${org.id} org=${org} me=${me.data} onMembersChanged=${members.reload} />`;
   } else {
@@ -107,6 +109,7 @@ function Workspace({ route }) {
       ${orgs.data.length > 0 && html`<${OrgSwitcher} orgs=${orgs.data} current=${org} onSwitch=${switchOrg} />`}
       <nav aria-label="Main">
         <a href="#/board" aria-current=${current("board") || (route.path === "" ? "page" : undefined)}>Board</a>
+        <a href="#/preferences" aria-current=${current("preferences")}>Preferences</a>
         ${manager && html`<a href="#/admin" aria-current=${current("admin")}>Admin</a>`}
         <a href="#/orgs" aria-current=${current("orgs")}>Organizations${waiting ? html` <span class="pill">${waiting}</span>` : ""}</a>
       </nav>

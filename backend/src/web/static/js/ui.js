@@ -23,7 +23,7 @@ export function useLoad(load, deps) {
   return { ...state, reload, setData };
 }
 
-/** A list's loading, error and empty states; the list itself once there is something to show. */
+/** Something loaded's loading and error states, and a list's empty one; the children once there is something to show. */
 export function ListState({ state, empty, children, label }) {
   if (state.error) {
     return html`<div class="state error" role="alert">
@@ -33,7 +33,7 @@ export function ListState({ state, empty, children, label }) {
   }
   if (state.data === undefined) return html`<p class="state" role="status">Loading ${label}…</p>`;
   const items = Array.isArray(state.data) ? state.data : state.data.items;
-  if (!items.length) return html`<p class="state empty">${empty}</p>`;
+  if (items && !items.length) return html`<p class="state empty">${empty}</p>`;
   return children;
 }
 
