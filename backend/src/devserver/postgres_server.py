@@ -5,7 +5,6 @@ parent and `stop()`/`kill()` are plain signals (SIGINT is a fast shutdown). As r
 run as the `postgres` user."""
 
 import atexit
-import contextlib
 import functools
 import glob
 import os
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import psycopg
 
-from src.devserver.redis_server import die_with_parent, free_port
+from src.devserver.redis_server import die_with_parent, free_port, kill_group, stop_or_kill
 
 
 def postgres_bin_dir() -> Path:
@@ -90,12 +89,7 @@ class PrivatePostgres:
 
     def stop(self, timeout: float = 30.0) -> None:
         """Fast shutdown (SIGINT): open transactions are rolled back, clients disconnected."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        stop_or_kill(self.process, signal.SIGINT, timeout)
         self.process = None
 
     def restart(self, mode: str = "fast") -> "PrivatePostgres":
@@ -106,10 +100,7 @@ class PrivatePostgres:
 
     def kill(self) -> None:
         """SIGKILL the postmaster and its backends at once: a crash (the next start recovers)."""
-        if self.process is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+        kill_group(self.process)
         self.process = None
 
     def __enter__(self) -> "PrivatePostgres":

