@@ -5,9 +5,11 @@ import time
 from collections import Counter
 
 import pytest
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 
 from src.db import SessionLocal
+from src.emails.connections import kept_connections
+from src.emails.delivery import deliver
 from src.emails.models import EmailAttempt, EmailQueue, EmailStatus
 from src.emails.service import EmailService
 from src.emails.tasks.email_tasks import process_email_queue
@@ -206,6 +208,40 @@ def test_sigkill_mid_batch_loses_nothing_and_duplicates_at_most_one_per_process(
     assert duplicates <= worker.concurrency, (
         f"{duplicates} duplicates for {worker.concurrency} killed processes"
     )
+
+
+def test_the_server_takes_a_message_only_once_the_one_before_is_recorded(db, delivery_to_sink, monkeypatch):
+    """Each outcome is written while the next message travels, but that message's final dot waits
+    for the write: a crash can leave only the message in flight sent and unrecorded."""
+    sink = delivery_to_sink
+    kept_connections.close_all()  # a connection opened before the hook below would not call it
+    recorded_when_accepting = []
+    accept = sink.handler.handle_DATA
+
+    async def count_then_accept(server, session, envelope):
+        with SessionLocal() as db_session:
+            recorded_when_accepting.append(db_session.scalar(select(func.count()).select_from(EmailAttempt)))
+        return await accept(server, session, envelope)
+
+    monkeypatch.setattr(sink.handler, "handle_DATA", count_then_accept)
+    ids = queue(20, publish=False)
+    assert deliver(ids, fill=False).sent == 20
+    kept_connections.close_all()
+    assert recorded_when_accepting == list(range(20))
+    assert [attempts_of(email_id) for email_id in ids] == [[("sent", 250)]] * 20
+
+
+def test_lines_starting_with_a_dot_arrive_intact(db, delivery_to_sink):
+    body = "Agenda:\n.\n.hidden\n..two dots\nend"
+    with SessionLocal() as session:
+        email = EmailService.queue_email(
+            session, to_email="dots@example.com", subject="Dots", body_text=body, wake_worker=False
+        )
+        session.commit()
+    email_id = email.id
+    assert deliver([email_id], fill=False).sent == 1
+    [mail] = delivery_to_sink.messages
+    assert mail.message.get_body(("plain",)).get_content().replace("\r\n", "\n").rstrip("\n") == body
 
 
 def test_transient_421_is_retried_then_sent(worker, sink):

@@ -9,7 +9,7 @@ from datetime import timedelta
 import httpx
 import psycopg
 import pytest
-from sqlalchemy import make_url, select, text
+from sqlalchemy import delete, make_url, select, text
 
 from src import db as herald_db
 from src.auth.models import User
@@ -20,7 +20,7 @@ from src.devserver.postgres_server import PrivatePostgres
 from src.devserver.processes import ApiServer
 from src.devserver.redis_server import free_port
 from src.emails import delivery
-from src.emails.models import EmailQueue, EmailStatus
+from src.emails.models import EmailAttempt, EmailQueue, EmailStatus
 from src.emails.service import EmailService
 from tests.conftest import IN_CI, RUN_DIR
 
@@ -86,6 +86,45 @@ def test_database_restart_mid_batch_sends_each_email_once(on_cluster, delivery_t
     with SessionLocal() as session:
         statuses = Counter(session.scalars(select(EmailQueue.status)))
     assert statuses == {EmailStatus.sent: 30}
+
+
+def test_an_outcome_never_recorded_holds_back_the_next_message(on_cluster, delivery_to_sink, monkeypatch):
+    """The database stays away past the lease: the outcome written while the next message travels
+    is lost, so that message's final dot is never sent. Once the database is back and the claim
+    expired, the batch is sent again, with at most the one unrecorded message twice."""
+    from src.config import settings
+
+    sink = delivery_to_sink
+    monkeypatch.setattr(settings, "email_lease_seconds", 3)
+    with SessionLocal() as session:
+        session.execute(delete(EmailAttempt))  # the cluster is the module's: other tests' emails
+        session.execute(delete(EmailQueue))
+        for n in range(30):
+            EmailService.queue_email(
+                session, to_email=f"r{n}@example.com", subject=f"S{n}", body_text="b", wake_worker=False
+            )
+        session.commit()
+    sink.handler.data_delay = 0.05
+    with ThreadPoolExecutor(1) as pool:
+        sending = pool.submit(delivery.deliver)
+        try:
+            sink.wait_for(5, timeout=20)
+            on_cluster.stop()
+            stopped = sending.result(timeout=30)
+            accepted = len(sink.messages)
+        finally:
+            sink.handler.data_delay = 0.0
+            on_cluster.start()
+    assert stopped.unreachable and accepted < 30, f"the batch went on without its outcomes ({accepted})"
+    assert len(sink.messages) == accepted, "a message was accepted after the outcomes stopped"
+
+    time.sleep(settings.email_lease_seconds + 0.5)  # the claim expires
+    while delivery.deliver().claimed:
+        pass
+    counts = Counter(m.message["Message-ID"] for m in sink.messages)
+    assert len(counts) == 30 and sum(n - 1 for n in counts.values()) <= 1
+    with SessionLocal() as session:
+        assert Counter(session.scalars(select(EmailQueue.status))) == {EmailStatus.sent: 30}
 
 
 def test_requests_answer_503_at_once_while_the_database_is_down(on_cluster, user, redis_url):

@@ -9,6 +9,7 @@ import functools
 import logging
 import re
 import smtplib
+import socket
 import ssl
 from collections.abc import Callable, Hashable
 from email import message_from_bytes, policy
@@ -32,6 +33,8 @@ class DeliveryError(Exception):
         self.bad_address = bad_address  # the recipient can never receive mail: suppress the address
 
 
+_LINE_STARTING_WITH_DOT = re.compile(rb"(?m)^\.")
+
 # RFC 3463's enhanced status code at the start of a reply: class 5 (permanent), subject, detail.
 _ENHANCED_STATUS = re.compile(r"5\.(\d{1,3})\.(\d{1,3})\b")
 
@@ -49,8 +52,16 @@ def address_rejected(code: int, reply: str) -> bool:
     return code in (550, 551, 553)
 
 
+def nothing_to_wait_for() -> None:
+    pass
+
+
 class Connection(Protocol):
-    def send(self, sender: str, recipient: str, message: bytes) -> None: ...
+    def send(self, sender: str, recipient: str, message: bytes,
+             before_accept: Callable[[], None] = nothing_to_wait_for) -> None:  # fmt: skip
+        """Send one message. `before_accept` runs at the last moment before the server can take the
+        message: an exception from it stops the send, with the message not delivered."""
+        ...
 
     def alive(self) -> bool:
         """Whether a connection kept since its last message can still send (see `connections`)."""
@@ -92,6 +103,9 @@ class SmtpConnection:
                 self.smtp = smtplib.SMTP(
                     settings.smtp_host, settings.smtp_port, timeout=settings.smtp_timeout
                 )
+            # The final dot goes out alone, after the message: Nagle's algorithm would hold it
+            # until the server acknowledged the message, which it delays, waiting for the dot.
+            self.smtp.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self.smtp.ehlo()
             if settings.smtp_use_tls:
                 self.smtp.starttls(context=_tls_context())
@@ -113,9 +127,10 @@ class SmtpConnection:
                 broken=True,
             ) from exc
 
-    def send(self, sender: str, recipient: str, message: bytes) -> None:
+    def send(self, sender: str, recipient: str, message: bytes,
+             before_accept: Callable[[], None] = nothing_to_wait_for) -> None:  # fmt: skip
         try:
-            self.smtp.sendmail(sender, [recipient], message)
+            self._transmit(sender, recipient, message, before_accept)
         except smtplib.SMTPRecipientsRefused as exc:
             code, reply = next(iter(exc.recipients.values()))
             refusal = self._refused(f"recipient refused: {code} {_reply_text(reply)}", code)
@@ -126,6 +141,28 @@ class SmtpConnection:
             raise self._refused(f"SMTP error: {code} {_reply_text(exc.smtp_error)}", code) from exc
         except (OSError, smtplib.SMTPException) as exc:
             raise DeliveryError(f"SMTP connection lost: {exc!r}", permanent=False, broken=True) from exc
+
+    def _transmit(self, sender: str, recipient: str, message: bytes, before_accept: Callable[[], None]
+                  ) -> None:  # fmt: skip
+        """`sendmail()`'s MAIL, RCPT and DATA, holding back the final dot (after which the server
+        owns the message) until `before_accept` returns. The caller writes the previous outcome
+        meanwhile."""
+        code, reply = self.smtp.mail(sender)
+        if code != 250:
+            raise smtplib.SMTPSenderRefused(code, reply, sender)
+        code, reply = self.smtp.rcpt(recipient)
+        if code not in (250, 251):
+            raise smtplib.SMTPRecipientsRefused({recipient: (code, reply)})
+        code, reply = self.smtp.docmd("DATA")
+        if code != 354:
+            raise smtplib.SMTPDataError(code, reply)
+        body = _LINE_STARTING_WITH_DOT.sub(b"..", message)  # RFC 5321 4.5.2 transparency
+        self.smtp.send(body if body.endswith(b"\r\n") else body + b"\r\n")
+        before_accept()
+        self.smtp.send(b".\r\n")
+        code, reply = self.smtp.getreply()
+        if code != 250:
+            raise smtplib.SMTPDataError(code, reply)
 
     def _refused(self, reason: str, code: int) -> DeliveryError:
         """The server said no. After a 421 it closes the connection (smtplib already has); otherwise
@@ -168,7 +205,9 @@ class SmtpBackend:
 
 
 class ConsoleConnection:
-    def send(self, sender: str, recipient: str, message: bytes) -> None:
+    def send(self, sender: str, recipient: str, message: bytes,
+             before_accept: Callable[[], None] = nothing_to_wait_for) -> None:  # fmt: skip
+        before_accept()
         parsed = message_from_bytes(message, policy=policy.default)
         body = parsed.get_body(("plain",))
         text = body.get_content() if body else ""  # type: ignore[attr-defined]
@@ -207,7 +246,8 @@ class SendGridConnection:
             timeout=settings.smtp_timeout, headers={"Authorization": f"Bearer {settings.sendgrid_api_key}"}
         )
 
-    def send(self, sender: str, recipient: str, message: bytes) -> None:
+    def send(self, sender: str, recipient: str, message: bytes,
+             before_accept: Callable[[], None] = nothing_to_wait_for) -> None:  # fmt: skip
         parsed = message_from_bytes(message, policy=policy.default)
         content = [
             {"type": part.get_content_type(), "value": part.get_content()}  # type: ignore[attr-defined]
@@ -222,6 +262,7 @@ class SendGridConnection:
             "content": content,
             "headers": {"Message-ID": str(parsed["Message-ID"])},
         }
+        before_accept()
         try:
             response = self.client.post(self.url, json=body)
         except httpx.HTTPError as exc:

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -87,6 +88,37 @@ class AddressSuppressed(DeliveryError):
         super().__init__(reason, permanent=True)
 
 
+class OutcomeNotRecorded(Exception):
+    """An earlier outcome could not be written: the next message must not be sent."""
+
+
+class OutcomeWriter:
+    """Records outcomes on a thread of its own, so each write overlaps the next message's MAIL,
+    RCPT and DATA. `wait()` runs before the server may accept a message: with every earlier outcome
+    written by then, a crash still re-sends at most the message in flight."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.recorder = OutcomeRecorder(engine)
+        self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="herald-outcomes")
+        self.writes: list[Future[bool]] = []
+
+    def submit(self, email: EmailQueue, token: str, error: DeliveryError | None, started: float,
+               give_up_at: float) -> None:  # fmt: skip
+        params = _outcome(email, token, error, started)
+        self.writes.append(self.thread.submit(self.recorder.record, email.id, params, give_up_at))
+
+    def wait(self) -> None:
+        """Return once every outcome submitted is written; raise `OutcomeNotRecorded` if one never was."""
+        writes, self.writes = self.writes, []
+        if not all([write.result() for write in writes]):
+            raise OutcomeNotRecorded
+
+    def close(self) -> None:
+        """After the writes under way (a killed process loses only those)."""
+        self.thread.shutdown(wait=True)
+        self.recorder.close()
+
+
 class OutcomeRecorder:
     """Writes outcomes on a connection of its own: on PostgreSQL in autocommit, as each write is one
     self-contained, conditional statement that is safe to repeat."""
@@ -95,11 +127,9 @@ class OutcomeRecorder:
         self.engine = engine
         self.connection: DbConnection | None = None
 
-    def record(self, email: EmailQueue, token: str, error: DeliveryError | None, started: float,
-               give_up_at: float) -> bool:  # fmt: skip
+    def record(self, email_id: int, params: dict[str, Any], give_up_at: float) -> bool:
         """Record one outcome, retrying through a database outage until `give_up_at` (monotonic);
         False if the database never answered, and the outcome is lost with the lease."""
-        params = _outcome(email, token, error, started)
         delay, retried = 0.1, False
         while True:
             try:
@@ -110,13 +140,13 @@ class OutcomeRecorder:
                 outages.database.failed(exc)
                 if time.monotonic() + delay > give_up_at:
                     log.error("email %s: outcome %r not recorded (no database within the lease); "
-                              "it will be sent again", email.id, params["outcome"])  # fmt: skip
+                              "it will be sent again", email_id, params["outcome"])  # fmt: skip
                     return False
                 time.sleep(delay)
                 delay, retried = min(delay * 2, 2.0), True
         if recorded == 0 and not retried:  # after a retry, the lost answer may have been a success
             log.warning("email %s: claim expired before its outcome (%s) was recorded",
-                        email.id, params["outcome"])  # fmt: skip
+                        email_id, params["outcome"])  # fmt: skip
         return True
 
     def _write(self, params: dict[str, Any]) -> int:
@@ -200,7 +230,7 @@ def send_claimed(session: Session, claim: Claim) -> Delivery:
     """Send a claim's emails over one connection, kept afterwards for the process's next delivery."""
     backend = get_backend(settings)
     connection: Connection | None = None
-    recorder = OutcomeRecorder(session.get_bind())  # type: ignore[arg-type]
+    outcomes = OutcomeWriter(session.get_bind())  # type: ignore[arg-type]
     delivery = Delivery(claimed=len(claim.emails))
     margin = settings.email_lease_seconds * 0.1
     suppressed = suppressed_among(session, [e.to_email for e in claim.emails])
@@ -218,15 +248,20 @@ def send_claimed(session: Session, claim: Claim) -> Delivery:
                     raise AddressSuppressed(suppression)
                 if connection is None:
                     connection = kept_connections.take(backend, settings.smtp_idle_seconds)
-                connection.send(settings.smtp_from_email, email.to_email, email.mime.encode("ascii"))
+                connection.send(settings.smtp_from_email, email.to_email, email.mime.encode("ascii"),
+                                before_accept=outcomes.wait)  # fmt: skip
+            except OutcomeNotRecorded:
+                # Not sent. The database is gone: the rest stay claimed until their lease ends.
+                if connection is not None:
+                    connection.close()  # in the middle of a message
+                connection = None
+                raise
             except DeliveryError as exc:
                 error = exc
                 if exc.broken and connection is not None:
                     connection.close()
                 connection = None if exc.broken else connection
-            if not recorder.record(email, claim.token, error, started, claim.lease_ends - margin):
-                delivery.unreachable = True  # the rest stay claimed; their lease expires, then they are due
-                break
+            outcomes.submit(email, claim.token, error, started, claim.lease_ends - margin)
             _log_outcome(email, error)
             rejection = _rejection(email, error)
             if rejection is not None:  # the rest of this batch to that address is suppressed too
@@ -238,12 +273,15 @@ def send_claimed(session: Session, claim: Claim) -> Delivery:
                 release(session, claim.emails[1:], claim.token)
                 delivery.unreachable = True
                 break
+        outcomes.wait()
+    except OutcomeNotRecorded:
+        delivery.unreachable = True  # the database is gone: stop for now
     except BaseException:
         if connection is not None:
             connection.close()  # it may be in the middle of a message
         raise
     finally:
-        recorder.close()
+        outcomes.close()
     if connection is not None:
         kept_connections.give_back(backend, connection, settings.smtp_idle_seconds)
     return delivery

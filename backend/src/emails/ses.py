@@ -8,7 +8,7 @@ One boto3 client per connection: it is thread-safe and keeps its HTTPS connectio
 
 import functools
 import threading
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import boto3
@@ -16,7 +16,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from src.config import Settings
-from src.emails.backends import Connection, DeliveryError
+from src.emails.backends import Connection, DeliveryError, nothing_to_wait_for
 
 # SES refuses this message for good: sending it again cannot succeed.
 PERMANENT_ERRORS = frozenset(
@@ -62,7 +62,8 @@ class SesConnection:
                 ),
             )
 
-    def send(self, sender: str, recipient: str, message: bytes) -> None:
+    def send(self, sender: str, recipient: str, message: bytes,
+             before_accept: Callable[[], None] = nothing_to_wait_for) -> None:  # fmt: skip
         request: dict[str, Any] = {
             "FromEmailAddress": sender,
             "Destination": {"ToAddresses": [recipient]},
@@ -70,6 +71,7 @@ class SesConnection:
         }
         if self.configuration_set:
             request["ConfigurationSetName"] = self.configuration_set
+        before_accept()
         try:
             self.client.send_email(**request)
         except ClientError as exc:
