@@ -14,11 +14,13 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import psycopg
 from sqlalchemy import Connection as DbConnection
-from sqlalchemy import Engine, bindparam, exists, func, select
+from sqlalchemy import Engine, bindparam, exists, func, null, select
+from sqlalchemy.dialects.postgresql import psycopg as postgresql_psycopg
 from sqlalchemy.orm import Session
 
 from src import outages
@@ -31,6 +33,7 @@ from src.emails.models import EmailAttempt, EmailQueue, EmailStatus, Suppression
 from src.emails.suppressions import NewSuppression, address_key, suppressed_among
 
 log = logging.getLogger("herald.emails")
+_DATABASE_ERRORS = (*outages.DATABASE_ERRORS, psycopg.OperationalError, psycopg.InterfaceError)
 
 _queue, _attempts, _suppressions = EmailQueue.__table__, EmailAttempt.__table__, Suppression.__table__
 # Built once: these run once per email, and SQLAlchemy then reuses their compiled form.
@@ -39,15 +42,15 @@ _MARK = (
     .where(
         _queue.c.id == bindparam("email_id"),
         _queue.c.claim_token == bindparam("token"),
-        _queue.c.status == EmailStatus.sending,
+        _queue.c.status == bindparam("claimed_status", type_=_queue.c.status.type),
     )
     .values(
         status=bindparam("status", type_=_queue.c.status.type),
         sent_at=bindparam("sent_at", type_=UTCDateTime()),
         last_error=bindparam("last_error"),
         next_attempt_at=func.coalesce(bindparam("retry_at", type_=UTCDateTime()), _queue.c.next_attempt_at),
-        claim_token=None,
-        lease_expires_at=None,
+        claim_token=null(),
+        lease_expires_at=null(),
         updated_at=bindparam("now", type_=UTCDateTime()),
     )
 )
@@ -70,11 +73,14 @@ _LOG_ATTEMPT = _attempts.insert().from_select(
         )
     ),
 )
-# PostgreSQL: both in one statement, so one round trip and atomic without BEGIN/COMMIT.
-_MARK_AND_LOG = (
+# PostgreSQL: both in one statement, so one round trip and atomic without BEGIN/COMMIT. Compiled
+# once and run by psycopg as a prepared statement: SQLAlchemy's work per execution (cache key,
+# parameter processing) cost this write more CPU than psycopg and PostgreSQL together.
+_MARK_AND_LOG = str(
     select(func.count())
     .select_from(_MARK.returning(_queue.c.id).cte("marked"))
     .add_cte(_LOG_ATTEMPT.cte("logged"))
+    .compile(dialect=postgresql_psycopg.dialect())
 )
 
 
@@ -135,8 +141,8 @@ class OutcomeRecorder:
             try:
                 recorded = self._write(params)
                 break
-            except outages.DATABASE_ERRORS as exc:
-                self.close()
+            except _DATABASE_ERRORS as exc:
+                self.close(broken=True)
                 outages.database.failed(exc)
                 if time.monotonic() + delay > give_up_at:
                     log.error("email %s: outcome %r not recorded (no database within the lease); "
@@ -159,7 +165,9 @@ class OutcomeRecorder:
             # First, and as safe to repeat: if the outcome is lost, the retried email finds it.
             if suppression is not None:
                 self.connection.execute(insert_or_ignore(self.connection, _suppressions), suppression)
-            return self.connection.execute(_MARK_AND_LOG, params).scalar_one()
+            psycopg_connection = self.connection.connection.driver_connection
+            naive = {key: _naive_utc(value) for key, value in params.items() if key != "suppression"}
+            return psycopg_connection.execute(_MARK_AND_LOG, naive, prepare=True).fetchone()[0]
         with self.connection.begin():
             if suppression is not None:
                 self.connection.execute(insert_or_ignore(self.connection, _suppressions), suppression)
@@ -167,11 +175,18 @@ class OutcomeRecorder:
             self.connection.execute(_LOG_ATTEMPT, params)
             return recorded
 
-    def close(self) -> None:
+    def close(self, broken: bool = False) -> None:
         if self.connection is not None:
-            with contextlib.suppress(outages.DATABASE_ERRORS):
+            with contextlib.suppress(*_DATABASE_ERRORS):
+                if broken:
+                    self.connection.invalidate()  # not back into the pool
                 self.connection.close()
             self.connection = None
+
+
+def _naive_utc(value: Any) -> Any:
+    """What `UTCDateTime` stores, for the statement psycopg runs without SQLAlchemy."""
+    return value.astimezone(UTC).replace(tzinfo=None) if isinstance(value, datetime) else value
 
 
 def _outcome(email: EmailQueue, token: str, error: DeliveryError | None, started: float) -> dict[str, Any]:
@@ -189,6 +204,7 @@ def _outcome(email: EmailQueue, token: str, error: DeliveryError | None, started
     return {
         "email_id": email.id,
         "token": token,
+        "claimed_status": EmailStatus.sending,
         "status": status,
         "sent_at": now if error is None else None,
         "last_error": error.reason if error else None,
