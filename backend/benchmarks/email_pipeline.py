@@ -204,7 +204,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=5000, help="emails per run (default 5000)")
     parser.add_argument("--database", choices=["postgresql", "sqlite"], default="postgresql")
-    parser.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+    parser.add_argument(
+        "--workers", type=int, default=4, help="worker processes (default 4, as the README runs a worker)"
+    )
     args = parser.parse_args()
     print(json.dumps(run(args.n, args.database, args.workers)))
 
