@@ -63,6 +63,41 @@ def test_non_ascii_subject_and_name_are_encoded(db):
     assert parsed.get_body(("plain",)).get_content().strip() == "Grüße"
 
 
+@pytest.mark.parametrize(
+    "value",
+    [
+        "Hello",
+        "x" * 68,  # "Subject: " + 67, 68 and 69 characters: around compat32's 78
+        "x" * 67,
+        "x" * 69,
+        "word " * 30,
+        "tab\there",
+        " leading and trailing ",
+        "=?utf-8?q?Caf=C3=A9?= and more",
+        "Zoë Ångström",
+        "<https://herald.example/unsubscribe/abc>, <mailto:unsubscribe@herald.example>",
+    ],
+)
+def test_the_smtp_policy_folds_headers_exactly_as_compat32(value):
+    from email.policy import compat32
+
+    from src.emails.mime import _SMTP_COMPAT32
+
+    assert _SMTP_COMPAT32.fold("Subject", value) == compat32.clone(linesep="\r\n").fold("Subject", value)
+
+
+def test_a_multipart_boundary_never_occurs_in_its_parts(db):
+    body = "--=_0123 =_ and =3D\n" * 3
+    with SessionLocal() as session:
+        email = EmailService.queue_email(
+            session, to_email="b@example.com", subject="S", body_text=body, body_html=f"<p>{body}</p>"
+        )
+    parsed = message_from_bytes(email.mime.encode(), policy=policy.default)
+    boundary = parsed.get_boundary()
+    assert boundary.startswith("=_") and email.mime.count(boundary) == 4  # header, two parts, end
+    assert parsed.get_body(("plain",)).get_content().replace("\r\n", "\n") == body
+
+
 def test_templates_autoescape_html_only():
     text, html = render(
         "task_status_changed",
