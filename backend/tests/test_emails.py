@@ -210,6 +210,18 @@ def test_sigkill_mid_batch_loses_nothing_and_duplicates_at_most_one_per_process(
     )
 
 
+def test_a_backlog_starts_a_helper_drainer_with_the_first_batch(worker, sink):
+    """EMAIL_PROCESSOR_CONCURRENCY is 2: the processor's first claim comes back full, so before
+    sending it starts a helper in the worker's other process, which sends the next batch meanwhile."""
+    queue(250, publish=False)  # no wake-up: the processor finds them
+    kick_processor()
+    wait_until(lambda: all_status(EmailStatus.sent, 250), timeout=60, message="the backlog sent")
+    peers = [mail.peer for mail in sink.messages]
+    assert len(peers) == 250 and len(set(peers)) == 2, "two drainers, each over its own connection"
+    helper_starts = next(index for index, peer in enumerate(peers) if peer != peers[0])
+    assert helper_starts < 100, f"the helper's first email came after the first batch ({helper_starts})"
+
+
 def test_the_server_takes_a_message_only_once_the_one_before_is_recorded(db, delivery_to_sink, monkeypatch):
     """Each outcome is written while the next message travels, but that message's final dot waits
     for the write: a crash can leave only the message in flight sent and unrecorded."""

@@ -303,36 +303,39 @@ def send_claimed(session: Session, claim: Claim) -> Delivery:
     return delivery
 
 
-def deliver(email_ids: list[int] | None = None, fill: bool = True) -> Delivery:
+def deliver(
+    email_ids: list[int] | None = None, fill: bool = True, on_full_claim: Callable[[], None] | None = None
+) -> Delivery:
     """Claim and send, over one connection: `email_ids` first, then (with `fill`) other due emails
-    up to the batch size."""
+    up to the batch size. `on_full_claim` is called before sending if the claim took a full batch."""
     with SessionLocal() as session:
         if fill:
             batch = claim(session, settings.email_batch_size, first=email_ids)
         else:
             batch = claim(session, len(email_ids or ()), only=email_ids or [])
+        if on_full_claim is not None and len(batch.emails) >= settings.email_batch_size:
+            on_full_claim()
         return send_claimed(session, batch) if batch.emails else Delivery()
 
 
-def process_queue(time_budget: float | None = None, on_full_batch: Callable[[], None] | None = None) -> int:
+def process_queue(time_budget: float | None = None, on_backlog: Callable[[], None] | None = None) -> int:
     """Send due emails batch after batch until none is due or the time budget is spent.
 
-    `on_full_batch` is called once, if the first batch was full: the caller's cue to start helpers.
+    `on_backlog` is called once, as soon as the first claim comes back full: the caller's cue to
+    start helpers, which then share the backlog from its first batch on.
     """
     budget = time_budget if time_budget is not None else max(settings.email_queue_interval * 0.8, 1.0)
     deadline = time.monotonic() + budget
     with SessionLocal() as session:
         fail_abandoned(session)
     sent = 0
-    batches = 0
+    first = True
     while time.monotonic() < deadline:
-        delivery = deliver()
+        delivery = deliver(on_full_claim=on_backlog if first else None)
         sent += delivery.sent
-        batches += 1
+        first = False
         # A short batch may only mean another drainer took rows first; an unreachable server gets
         # no more tries (each would cost an email an attempt) until the next run.
         if delivery.claimed == 0 or delivery.unreachable:
             break
-        if batches == 1 and delivery.claimed >= settings.email_batch_size and on_full_batch is not None:
-            on_full_batch()
     return sent

@@ -32,4 +32,4 @@ def process_email_queue(helpers: int | None = None) -> int:
         for _ in range(extra):
             process_email_queue.delay(helpers=0)
 
-    return delivery.process_queue(on_full_batch=start_helpers)
+    return delivery.process_queue(on_backlog=start_helpers)
