@@ -36,6 +36,13 @@ def _sendgrid_key(value: str) -> str:
     return value.strip()
 
 
+def _envelope_address(value: str) -> str:
+    """The sender goes into MAIL FROM and every From header as it is: one ASCII address, nothing else."""
+    if not re.fullmatch(r"[!-~]+@[!-~]+", value) or any(c in value for c in "<>,;\"()"):
+        raise ValueError(f"one plain ASCII address such as noreply@example.com is expected, not {value!r}")
+    return value
+
+
 def _regex(value: str) -> str:
     try:
         re.compile(value)
@@ -106,7 +113,7 @@ class Settings(BaseSettings):
     smtp_port: int = 587
     smtp_user: str = ""
     smtp_password: str = ""
-    smtp_from_email: str = "noreply@herald.local"
+    smtp_from_email: Annotated[str, AfterValidator(_envelope_address)] = "noreply@herald.local"
     smtp_from_name: str = "Herald"
     smtp_use_tls: bool = False
     smtp_use_ssl: bool = False

@@ -97,3 +97,21 @@ def test_redis_only_transport_options_apply_to_a_redis_broker_only():
     assert broker_transport_options("redis://127.0.0.1:6379/0")["visibility_timeout"] == (
         settings.email_lease_seconds * 4
     )
+
+
+@pytest.mark.parametrize(
+    "sender",
+    [
+        "Herald <noreply@example.com>",
+        "noreply@example.com\r\nBcc: x@example.com",
+        "no reply@x.org",
+        "zoë@x.org",
+    ],
+)
+def test_a_sender_address_that_is_not_one_plain_address_stops_the_start(sender):
+    with pytest.raises(ValidationError, match="one plain ASCII address"):
+        Settings(_env_file=None, smtp_from_email=sender)
+    assert (
+        Settings(_env_file=None, smtp_from_email="noreply@example.com").smtp_from_email
+        == "noreply@example.com"
+    )

@@ -147,10 +147,11 @@ class SmtpConnection:
         """`sendmail()`'s MAIL, RCPT and DATA, holding back the final dot (after which the server
         owns the message) until `before_accept` returns. The caller writes the previous outcome
         meanwhile."""
-        code, reply = self.smtp.mail(sender)
+        # Both addresses are validated ASCII already: smtplib's mail() and rcpt() would parse them again.
+        code, reply = self.smtp.docmd("MAIL", f"FROM:<{sender}>")
         if code != 250:
             raise smtplib.SMTPSenderRefused(code, reply, sender)
-        code, reply = self.smtp.rcpt(recipient)
+        code, reply = self.smtp.docmd("RCPT", f"TO:<{recipient}>")
         if code not in (250, 251):
             raise smtplib.SMTPRecipientsRefused({recipient: (code, reply)})
         code, reply = self.smtp.docmd("DATA")
