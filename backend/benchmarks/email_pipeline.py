@@ -3,11 +3,14 @@
 Queues N emails straight into the outbox, then lets real Celery worker processes deliver them to an
 aiosmtpd sink running in its own process, three ways:
 - batched: the queue processor claims batches and sends each over one reused SMTP connection;
-- wakeups: every email also publishes its `send_email_async` wake-up, as the API does;
+- wakeups: every email is queued in its own transaction, which publishes its `send_email_async`
+  wake-up after commit, as a request does; clocked from the first queue call, so it is what the API
+  path costs end to end;
 - unbatched: one `send_email_task` per email, one SMTP connection each (what batching saves).
-First, against the same sink, the raw baseline: 2 processes, each sending pre-built messages of the same
-size over one reused `smtplib` connection, no database: what the sink and this machine allow, so each
-mode's `ratio_to_raw` holds across machines. Every run checks each Message-ID arrived exactly once. The
+Before each mode, against the same sink, the raw baseline: 2 processes, each sending pre-built messages
+of the same size over one reused `smtplib` connection, no database: what the sink and this machine
+allow. The median of the three is `raw_emails_per_s`, so each mode's `ratio_to_raw` holds across
+machines. Every run checks each Message-ID arrived exactly once. The
 last line printed is one JSON object.
 """
 
@@ -15,6 +18,7 @@ import argparse
 import json
 import multiprocessing
 import smtplib
+import statistics
 import time
 import uuid
 from contextlib import ExitStack
@@ -108,12 +112,15 @@ def run(n: int, database: str, workers: int) -> dict:
         stack.callback(worker.stop)
 
         def queue_all(wake: bool) -> tuple[dict[str, float], list[int]]:
+            """With wake-ups, each email in its own transaction, as a request queues its emails;
+            without, CHUNK per transaction, as a bulk load does."""
             created, ids = {}, []
-            for start in range(0, n, CHUNK):
+            chunk = 1 if wake else CHUNK
+            for start in range(0, n, chunk):
                 with SessionLocal() as session:
                     emails = [
                         EmailService.queue_email(session, wake_worker=wake, **draft(i))
-                        for i in range(start, min(n, start + CHUNK))
+                        for i in range(start, min(n, start + chunk))
                     ]
                     session.commit()
                     for email in emails:
@@ -170,33 +177,31 @@ def run(n: int, database: str, workers: int) -> dict:
                 "queue_s": round(queued - started, 2),
             }
 
-        raw = measure_raw(n, port, journal)
-        print("raw:", json.dumps(raw), flush=True)
-        batched = measure("batched")
-        print("batched:", json.dumps(batched), flush=True)
-        wakeups = measure("wakeups")
-        print("wakeups:", json.dumps(wakeups), flush=True)
-        unbatched = measure("unbatched")
-        print("unbatched:", json.dumps(unbatched), flush=True)
+        # The raw rate of the same sink swings by half from one measurement to the next on a shared
+        # 2-core machine: it is measured before each mode, and the median of the three is the baseline.
+        raws, modes = [], {}
+        for mode in ("batched", "wakeups", "unbatched"):
+            raws.append(measure_raw(n, port, journal))
+            print("raw:", json.dumps(raws[-1]), flush=True)
+            modes[mode] = measure(mode)
+            print(f"{mode}:", json.dumps(modes[mode]), flush=True)
+        raw = statistics.median(r["emails_per_s"] for r in raws)
+        batched, wakeups, unbatched = modes["batched"], modes["wakeups"], modes["unbatched"]
         return {
             **{k: v for k, v in batched.items() if k != "queue_s"},
             "n": n,
             "database": database,
             "worker_processes": workers,
-            "raw_emails_per_s": raw["emails_per_s"],
-            "ratio_to_raw": {
-                mode: round(m["emails_per_s"] / raw["emails_per_s"], 2)
-                for mode, m in (("batched", batched), ("wakeups", wakeups), ("unbatched", unbatched))
-            },
+            "raw_emails_per_s": raw,
+            "raw_runs": [r["emails_per_s"] for r in raws],
+            "ratio_to_raw": {mode: round(m["emails_per_s"] / raw, 2) for mode, m in modes.items()},
             "wakeup_emails_per_s": wakeups["emails_per_s"],
             "wakeup_p50_ms": wakeups["p50_ms"],
             "wakeup_p99_ms": wakeups["p99_ms"],
             "unbatched_emails_per_s": unbatched["emails_per_s"],
             "unbatched_p50_ms": unbatched["p50_ms"],
             "unbatched_p99_ms": unbatched["p99_ms"],
-            "exactly_once": all(
-                m["duplicates"] == 0 and m["lost"] == 0 for m in (raw, batched, wakeups, unbatched)
-            ),
+            "exactly_once": all(m["duplicates"] == 0 and m["lost"] == 0 for m in (*raws, *modes.values())),
         }
 
 
