@@ -60,25 +60,36 @@ def user(on_cluster, password_hash):
     return {"Authorization": f"Bearer {create_token(user.id, 'access', timedelta(hours=1))}"}
 
 
-def test_database_restart_mid_batch_sends_each_email_once(on_cluster, delivery_to_sink):
-    sink = delivery_to_sink
+def queue_thirty():
+    """Thirty emails, alone on the module's cluster (earlier tests' emails removed)."""
     with SessionLocal() as session:
+        session.execute(delete(EmailAttempt))
+        session.execute(delete(EmailQueue))
         for n in range(30):
             EmailService.queue_email(
                 session, to_email=f"r{n}@example.com", subject=f"S{n}", body_text="b", wake_worker=False
             )
         session.commit()
-    sink.handler.data_delay = 0.05  # a batch that takes long enough to restart the database under it
 
-    # The restart runs on this thread: the cluster is told to die with the thread that started it.
+
+def deliver_with_fault(sink, fault):
+    """Deliver one batch, slowed down by the sink so that `fault` strikes after its fifth message."""
+    sink.handler.data_delay = 0.05
+    # The fault runs on this thread: the cluster is told to die with the thread that started it.
     with ThreadPoolExecutor(1) as pool:
         sending = pool.submit(delivery.deliver)
         try:
             sink.wait_for(5, timeout=20)
-            on_cluster.restart()
-            delivered = sending.result(timeout=60)
+            fault()
+            return sending.result(timeout=60)
         finally:
             sink.handler.data_delay = 0.0
+
+
+def test_database_restart_mid_batch_sends_each_email_once(on_cluster, delivery_to_sink):
+    sink = delivery_to_sink
+    queue_thirty()
+    delivered = deliver_with_fault(sink, on_cluster.restart)
     assert len(sink.messages) > 5, "the restart came after the batch; nothing was tested"
 
     counts = Counter(m.message["Message-ID"] for m in sink.messages)
@@ -96,29 +107,13 @@ def test_an_outcome_never_recorded_holds_back_the_next_message(on_cluster, deliv
 
     sink = delivery_to_sink
     monkeypatch.setattr(settings, "email_lease_seconds", 3)
-    with SessionLocal() as session:
-        session.execute(delete(EmailAttempt))  # the cluster is the module's: other tests' emails
-        session.execute(delete(EmailQueue))
-        for n in range(30):
-            EmailService.queue_email(
-                session, to_email=f"r{n}@example.com", subject=f"S{n}", body_text="b", wake_worker=False
-            )
-        session.commit()
-    sink.handler.data_delay = 0.05
-    with ThreadPoolExecutor(1) as pool:
-        sending = pool.submit(delivery.deliver)
-        try:
-            sink.wait_for(5, timeout=20)
-            on_cluster.stop()
-            stopped = sending.result(timeout=30)
-            accepted = len(sink.messages)
-        finally:
-            sink.handler.data_delay = 0.0
-            on_cluster.start()
+    queue_thirty()
+    stopped = deliver_with_fault(sink, on_cluster.stop)
+    accepted = len(sink.messages)
+    on_cluster.start()
     assert stopped.unreachable and accepted < 30, f"the batch went on without its outcomes ({accepted})"
-    assert len(sink.messages) == accepted, "a message was accepted after the outcomes stopped"
-
     time.sleep(settings.email_lease_seconds + 0.5)  # the claim expires
+    assert len(sink.messages) == accepted, "a message was accepted after the outcomes stopped"
     while delivery.deliver().claimed:
         pass
     counts = Counter(m.message["Message-ID"] for m in sink.messages)
