@@ -38,7 +38,7 @@ def _sendgrid_key(value: str) -> str:
 
 def _envelope_address(value: str) -> str:
     """The sender goes into MAIL FROM and every From header as it is: one ASCII address, nothing else."""
-    if not re.fullmatch(r"[!-~]+@[!-~]+", value) or any(c in value for c in "<>,;\"()"):
+    if not re.fullmatch(r"[!-~]+@[!-~]+", value) or any(c in value for c in '<>,;"()'):
         raise ValueError(f"one plain ASCII address such as noreply@example.com is expected, not {value!r}")
     return value
 
