@@ -259,6 +259,7 @@ def redis_server() -> PrivateRedis:
 
 
 WORKER_LEASE_SECONDS = 3
+BROKERS = ("redis", "rabbitmq")  # `@pytest.mark.parametrize("broker", BROKERS, indirect=True)`
 
 
 def _worker_env(database_url: str, smtp_sink, **extra: str) -> dict[str, str]:
@@ -317,7 +318,7 @@ def rabbitmq_worker(database_url: str, smtp_sink, rabbitmq):
 @pytest.fixture
 def broker(request: pytest.FixtureRequest) -> str:
     """The Celery broker a test's worker and publishes use: Redis, unless the test is parametrized
-    with "rabbitmq" (only the email pipeline's, so the suite does not run twice)."""
+    over BROKERS (only the email pipeline's, so the suite does not run twice)."""
     return getattr(request, "param", "redis")
 
 

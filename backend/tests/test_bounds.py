@@ -19,9 +19,6 @@ from src.orgs.models import Organization
 from tests.conftest import RUN_DIR
 from tests.live import WsClient
 
-# uvicorn's and the proxy's limits: the database has no part in them.
-on_production_database = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
-
 TWO_MIB = 2 * 1024 * 1024
 
 
@@ -37,7 +34,6 @@ def org_count() -> int:
         return session.scalar(select(func.count()).select_from(Organization)) or 0
 
 
-@on_production_database
 def test_a_body_over_the_limit_answers_413_declared_or_chunked(api, make_user):
     alice = make_user("alice")
     body = b'{"name": "' + b"x" * TWO_MIB + b'"}'
@@ -83,7 +79,6 @@ def test_api_answers_say_nosniff_and_no_store_errors_included(api, make_user):
 
 
 @pytest.mark.parametrize(("docs_in_production", "status"), [("false", 404), ("true", 200)])
-@on_production_database
 def test_api_docs_are_off_in_production_unless_asked_for(database_url, docs_in_production, status):
     env = {
         "DATABASE_URL": database_url,
@@ -114,7 +109,6 @@ def test_a_stream_token_counts_only_under_its_exact_name_and_stays_out_of_logs(a
     assert token not in log
 
 
-@on_production_database
 def test_uvicorn_caps_connections_and_headers_but_leaves_silent_sockets_to_the_proxy(database_url):
     """What one API process does on its own (UVICORN_LIMITS), and what it cannot do."""
     server = ApiServer(

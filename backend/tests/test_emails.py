@@ -13,14 +13,9 @@ from src.emails.delivery import deliver
 from src.emails.models import EmailAttempt, EmailQueue, EmailStatus
 from src.emails.service import EmailService
 from src.emails.tasks.email_tasks import process_email_queue
-from tests.conftest import WORKER_LEASE_SECONDS
+from tests.conftest import BROKERS, WORKER_LEASE_SECONDS
 
-# Redis on both databases; RabbitMQ, the optional production broker, on production's database.
-on_each_broker = pytest.mark.parametrize(
-    ("database_url", "broker"),
-    [("sqlite", "redis"), ("postgresql", "redis"), ("postgresql", "rabbitmq")],
-    indirect=True,
-)
+on_each_broker = pytest.mark.parametrize("broker", BROKERS, indirect=True)
 
 
 def wait_until(condition, timeout=20.0, interval=0.05, message="condition"):

@@ -4,7 +4,6 @@ import json
 import re
 
 import httpx
-import pytest
 from sqlalchemy import select
 
 from src.db import SessionLocal
@@ -63,7 +62,6 @@ ROOT_WARNING = re.compile(r"SecurityWarning|superuser privileges|absolutely not 
                           r"User information: uid=0|_warn_or_raise_security_error")  # fmt: skip
 
 
-@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)  # log lines: once
 def test_json_logs_follow_a_status_change_from_its_request_to_the_smtp_reply_and_hold_no_secret(
     db, client, make_user, make_org, celery_worker, sink
 ):

@@ -106,7 +106,7 @@ def test_an_outcome_never_recorded_holds_back_the_next_message(on_cluster, deliv
     from src.config import settings
 
     sink = delivery_to_sink
-    monkeypatch.setattr(settings, "email_lease_seconds", 2)
+    monkeypatch.setattr(settings, "email_lease_seconds", 3)
     queue_thirty()
     stopped = deliver_with_fault(sink, on_cluster.stop)
     accepted = len(sink.messages)

@@ -13,9 +13,6 @@ from tests.conftest import RUN_DIR, require_service
 from tests.live import SseClient
 from tests.test_emails import wait_until
 
-# Redis Sentinel's failover: the database has no part in it; once, on production's.
-pytestmark = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
-
 
 @pytest.fixture
 def sentinel_setup(tmp_path):

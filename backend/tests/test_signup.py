@@ -113,7 +113,6 @@ def test_register_answers_alike_for_new_and_registered_addresses(client, worker,
     )
 
 
-@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)  # password hashing time: once
 def test_login_takes_as_long_for_an_unknown_email(client, make_user):
     bob = make_user("bob")
     times: dict[str, list[float]] = {bob.email: [], "nobody@example.com": []}

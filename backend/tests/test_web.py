@@ -13,9 +13,6 @@ import pytest
 from tests.conftest import IN_CI, Caller
 from tests.test_emails import wait_until
 
-# A browser drives the public API, which the other tests run on both databases.
-pytestmark = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
-
 CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
 # The machine's network is closed: nothing that phones home.
 CHROMIUM_ARGS = [

@@ -1,16 +1,12 @@
 """The preferences screen, the organization defaults in admin and the drawer's mute, in a real Chromium
 against the real API process: what each choice does to the outbox and the notifications written."""
 
-import pytest
 from sqlalchemy import func, select
 
 from src.db import SessionLocal
 from src.emails.models import EmailQueue
 from src.notifications.models import Notification
 from tests.test_web import PHONE, browser, screens, team  # noqa: F401 (fixtures)
-
-# A browser drives the public API, which the other tests run on both databases.
-pytestmark = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 
 # The table's cell for one event type and channel.
 CELL = '.choices li[data-event-type="{}"] .choice[data-channel="{}"]'
