@@ -285,12 +285,6 @@ def send_claimed(session: Session, claim: Claim) -> Delivery:
                     connection = kept_connections.take(backend, settings.smtp_idle_seconds)
                 connection.send(settings.smtp_from_email, email.to_email, email.mime.encode("ascii"),
                                 before_accept=outcomes.wait)  # fmt: skip
-            except OutcomeNotRecorded:
-                # Not sent. The database is gone: the rest stay claimed until their lease ends.
-                if connection is not None:
-                    connection.close()  # in the middle of a message
-                connection = None
-                raise
             except DeliveryError as exc:
                 error = exc
                 if exc.broken and connection is not None:
@@ -310,7 +304,12 @@ def send_claimed(session: Session, claim: Claim) -> Delivery:
                 break
         outcomes.wait()
     except OutcomeNotRecorded:
-        delivery.unreachable = True  # the database is gone: stop for now
+        # The database is gone: the message held mid-DATA is dropped with its connection, and the
+        # rest stay claimed until their lease ends.
+        if connection is not None:
+            connection.close()
+        connection = None
+        delivery.unreachable = True
     except BaseException:
         if connection is not None:
             connection.close()  # it may be in the middle of a message
