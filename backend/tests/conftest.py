@@ -1,8 +1,9 @@
 """Test services: a private Redis and a fresh PostgreSQL database for this run, SQLite beside it.
 
-They are started when this file is imported, before `src` reads its settings, so every `src`
-import (and every worker process the tests start) sees this run's own Redis and databases.
-With CI=true a missing PostgreSQL or Redis fails the run; elsewhere the tests needing it skip.
+Each test process has its own (pytest-xdist runs two: see pyproject.toml). They are started when
+this file is imported, before `src` reads its settings, so every `src` import (and every worker
+process the tests start) sees its own Redis and databases. With CI=true a missing PostgreSQL or
+Redis fails the run; elsewhere the tests needing it skip.
 """
 
 import os
