@@ -373,3 +373,25 @@ def test_without_redis_the_stream_limit_holds_per_process(monkeypatch):
     oldest, *newer = asyncio.run(open_three())
     assert oldest.closing and oldest.reason == TOO_MANY_STREAMS
     assert not any(s.closing for s in newer)
+
+
+def test_reads_outside_a_transaction_leave_the_pooled_connection_transactional(db):
+    """A stream's start reads without BEGIN and ROLLBACK on PostgreSQL; the connection it returns to
+    the pool must not carry that over to the next request's transaction."""
+    from sqlalchemy import text
+
+    from src.db import SessionLocal, outside_transaction
+
+    postgresql = db.startswith("postgresql")
+    with outside_transaction(SessionLocal()) as session:
+        driver = session.connection().connection.driver_connection
+        assert session.scalar(text("SELECT 1")) == 1
+        if postgresql:
+            assert driver.autocommit and driver.info.transaction_status.name == "IDLE"
+    if postgresql:  # back in the pool, as it was
+        assert not driver.autocommit and driver.info.transaction_status.name == "IDLE"
+    with SessionLocal() as session:
+        assert session.scalar(text("SELECT 1")) == 1
+        driver = session.connection().connection.driver_connection
+        if postgresql:
+            assert not driver.autocommit and driver.info.transaction_status.name == "INTRANS"

@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from src.auth.deps import CurrentUser, DbSession, user_from_token
 from src.auth.security import create_token
 from src.config import settings
-from src.db import SessionLocal
+from src.db import SessionLocal, outside_transaction
 from src.idempotency.deps import Idempotent
 from src.notifications import live
 from src.notifications.schemas import (
@@ -106,7 +106,7 @@ def _stream_start(authorization: str | None, query_string: bytes) -> live.Stream
     Uses its own short session: a stream lives for hours and must not hold a connection.
     """
     token = _query_token(query_string)
-    with SessionLocal() as session:
+    with outside_transaction(SessionLocal()) as session:
         if authorization and authorization.lower().startswith("bearer "):
             user = user_from_token(session, authorization[7:].strip())
         else:
