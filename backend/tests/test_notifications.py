@@ -424,3 +424,29 @@ def test_a_subscriber_gets_its_events_in_order_and_is_cut_off_past_the_limit():
         assert subscriber.woken is None  # a wait cut short leaves no future behind
 
     asyncio.run(scenario())
+
+
+def test_the_hub_pings_the_streams_that_were_quiet_for_a_round(monkeypatch):
+    import asyncio
+
+    from src.config import settings
+    from src.notifications.live import LiveHub
+
+    monkeypatch.setattr(settings, "live_ping_seconds", 0.5)
+
+    async def scenario() -> None:
+        hub = LiveHub()
+        quiet, busy = hub.subscribe(1, frozenset()), hub.subscribe(2, frozenset())
+        pings = asyncio.create_task(hub._ping_quiet_streams())
+        await asyncio.sleep(0.25)
+        busy.offer({"kind": "unread", "user_id": 2})
+        await asyncio.sleep(0.5)  # the first round, at 0.5 s: only the quiet one is pinged
+        assert [e["kind"] for e in quiet.waiting] == ["ping"]
+        assert [e["kind"] for e in busy.waiting] == ["unread"]
+        await asyncio.sleep(0.5)  # the next, at 1 s: both were quiet since
+        assert [e["kind"] for e in quiet.waiting] == ["ping", "ping"]
+        assert [e["kind"] for e in busy.waiting] == ["unread", "ping"]
+        pings.cancel()
+        await hub._redis.aclose()
+
+    asyncio.run(scenario())

@@ -44,6 +44,7 @@ log = logging.getLogger("herald.live")
 QUEUE_LIMIT = 1000  # events a subscriber may have waiting before it is cut off to recover
 TOO_MANY_STREAMS = "too many streams: this user opened a newer one; do not reconnect this one"
 TOO_OLD = "too old: notifications after this Last-Event-ID were deleted by retention; refetch the inbox"
+PING: dict[str, Any] = {"kind": "ping"}
 STREAM_LIST_SECONDS = 86_400  # a user's list of streams outlives no idle day (crashed processes' entries)
 
 
@@ -56,6 +57,7 @@ class Subscriber:
     org_ids: frozenset[int]
     waiting: deque[dict[str, Any]] = field(default_factory=deque)
     woken: asyncio.Future[None] | None = None  # set while the stream waits for an event
+    quiet: bool = True  # nothing was offered since the hub's last round of pings
     lagging: bool = False
     closing: bool = False
     reason: str | None = None  # why it was closed, when its client should not just reconnect
@@ -73,6 +75,7 @@ class Subscriber:
             self.lagging = True
             return
         self.waiting.append(event)
+        self.quiet = False
         if self.woken is not None and not self.woken.done():
             self.woken.set_result(None)
 
@@ -93,6 +96,7 @@ class LiveHub:
         self.by_org: dict[int, set[Subscriber]] = {}
         self.connected = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._pings: asyncio.Task[None] | None = None
         self._stopping = False
         self._draining = False
         # Commands; the subscription has its own connection. Retried on a fresh connection after a
@@ -105,6 +109,7 @@ class LiveHub:
     async def start(self) -> None:
         self.cursor = await run_in_threadpool(_last_seq)
         self._task = asyncio.create_task(self._run(), name="herald-live-hub")
+        self._pings = asyncio.create_task(self._ping_quiet_streams(), name="herald-live-pings")
 
     def drain(self) -> None:
         """Ask every stream to end cleanly: clients reconnect (elsewhere) and recover what they miss.
@@ -141,8 +146,23 @@ class LiveHub:
             except TimeoutError:
                 self._task.cancel()
                 await asyncio.gather(self._task, return_exceptions=True)
+        if self._pings:
+            self._pings.cancel()
+            await asyncio.gather(self._pings, return_exceptions=True)
         await asyncio.gather(*self._forgetting, return_exceptions=True)
         await self._redis.aclose()
+
+    async def _ping_quiet_streams(self) -> None:
+        """Every LIVE_PING_SECONDS, a ping to each stream that was offered nothing since the last
+        round, so proxies and clients see it is alive: one timer for the process, where a timeout
+        around every stream's wait cost each event a timer per stream."""
+        while True:
+            await asyncio.sleep(settings.live_ping_seconds)
+            for subscribers in self.by_user.values():
+                for subscriber in subscribers:
+                    if subscriber.quiet:
+                        subscriber.offer(PING)
+                    subscriber.quiet = True
 
     async def _run(self) -> None:
         delay = 0.1
@@ -344,7 +364,7 @@ async def events(hub: LiveHub, start: StreamStart, since: int | None) -> AsyncIt
     """The event stream of one client, shared by SSE and WebSocket, in batches sent together.
 
     Yields {"event": "notification", "id": seq, "data": {...}, "json": data encoded}, {"event":
-    "unread_count", "data": {"count": n}} and {"event": "ping"} every LIVE_PING_SECONDS; ends when
+    "unread_count", "data": {"count": n}} and, from the hub, {"event": "ping"}; ends when
     the client must reconnect (it fell behind, or the server is shutting down). A notification and
     the count it changes come in one batch: one write to the client instead of two.
     """
@@ -385,15 +405,12 @@ async def events(hub: LiveHub, start: StreamStart, since: int | None) -> AsyncIt
                     sent_up_to = payload["seq"]
                     yield deliver(payload)
         while not (subscriber.lagging or subscriber.closing):
-            try:  # asyncio.timeout, not wait_for: that costs a task per call (Python 3.11)
-                async with asyncio.timeout(settings.live_ping_seconds):
-                    message = await subscriber.next_event()
-            except TimeoutError:
-                yield [{"event": "ping"}]
-                continue
+            message = await subscriber.next_event()
             if subscriber.lagging or message["kind"] == "close":
                 break
-            if message["kind"] == "notification":
+            if message["kind"] == "ping":
+                yield [{"event": "ping"}]
+            elif message["kind"] == "notification":
                 payload = message["notification"]
                 if payload["seq"] <= sent_up_to:
                     continue  # already replayed from the database
