@@ -37,6 +37,10 @@ def children_of(pid: int) -> dict[int, str]:
     return found
 
 
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 @pytest.fixture
 def runner():
     run_dir = RUN_DIR / "make-run"
@@ -51,6 +55,7 @@ def runner():
             [sys.executable, "-m", "src.devserver.run", "--port", str(api_port), "--sink-port",
              str(sink_port), "--run-dir", str(run_dir)],
             cwd=Path(__file__).resolve().parents[1], env=env, stdout=log, stderr=subprocess.STDOUT,
+            preexec_fn=_ignore_sigint,  # as a script's background job starts it: Ctrl-C must still stop it
         )  # fmt: skip
     try:
         wait_for(lambda: b"Herald is running" in output.read_bytes(), 60, "the runner to start")
@@ -111,7 +116,7 @@ def test_make_run_serves_the_demo_delivers_mail_and_survives_a_worker_crash(runn
     wait_for(lambda: "worker exited with code -9; restarting it" in output.read_text(), 10, "a restart")
     move_and_wait_for_mail("in_review")
 
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(signal.SIGINT)  # Ctrl-C; SIGTERM takes the same way out
     assert process.wait(timeout=20) == 0
     assert not children_of(process.pid)
     assert not redis_answers(private_redis)

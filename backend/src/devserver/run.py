@@ -105,7 +105,10 @@ def main() -> None:
     """Ctrl-C (SIGINT, which the terminal also sends `make`) or SIGTERM, at any moment, stops what was
     started and exits 0: a failing exit would have `make run` report an error for a normal stop."""
     args = _arguments()
-    signal.signal(signal.SIGTERM, _interrupt)
+    # SIGINT too: a process started from a script's background job inherits it ignored, and would
+    # then go on running through Ctrl-C (it did under a test run started that way).
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _interrupt)
     settings.port = args.port  # the links in the mail seeded here, and in the children's (PORT below)
     children: dict[str, Child] = {}
     with contextlib.ExitStack() as last_stops:
