@@ -1,12 +1,15 @@
 """The one engine and session factory, rebindable so tests can point Herald at their own database."""
 
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection, DateTime, Engine, Table, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.types import TypeDecorator
 
 from src import outages
@@ -59,6 +62,27 @@ def _sqlite_begin_immediate(connection: Connection) -> None:
     connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+PING_AFTER_IDLE_SECONDS = 1.0
+
+
+def _mark_used(_dbapi_connection: object, record: ConnectionPoolEntry, *_: object) -> None:
+    record.info["used_at"] = time.monotonic()
+
+
+def _ping_if_idle(dbapi_connection: Any, record: ConnectionPoolEntry, _proxy: object) -> None:
+    """SQLAlchemy's pre-ping, but only for a connection that sat idle in the pool: one handed back a
+    moment ago has just proved itself, and pinging it cost a round trip per checkout (two per
+    request). After a database restart, a connection dead since its last use fails its statement
+    (503) and the pool then replaces every connection older than the failure."""
+    if time.monotonic() - record.info.get("used_at", 0.0) < PING_AFTER_IDLE_SECONDS:
+        return
+    try:
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+    except Exception as exc:  # any failure: the pool discards this connection and makes a new one
+        raise DisconnectionError(str(exc)) from exc
+
+
 def configure_engine(url: str) -> Engine:
     """(Re)bind the session factory to `url`; the previous engine, if any, is disposed.
 
@@ -77,7 +101,12 @@ def configure_engine(url: str) -> Engine:
         event.listen(engine, "begin", _sqlite_begin_immediate)
     else:
         connect_args = {"connect_timeout": settings.db_connect_timeout}
-        engine = create_engine(url, pool_pre_ping=True, connect_args=connect_args, **pool)
+        # Last in, first out: under light load the same few connections stay warm (no ping) and the
+        # rest idle.
+        engine = create_engine(url, pool_use_lifo=True, connect_args=connect_args, **pool)
+        for name in ("connect", "checkin"):
+            event.listen(engine, name, _mark_used)
+        event.listen(engine, "checkout", _ping_if_idle)
     event.listen(engine, "connect", lambda *_: outages.database.ok())
     SessionLocal.configure(bind=engine)
     return engine

@@ -10,6 +10,7 @@ import httpx
 import psycopg
 import pytest
 from sqlalchemy import delete, make_url, select, text
+from sqlalchemy.exc import OperationalError
 
 from src import db as herald_db
 from src.auth.models import User
@@ -167,6 +168,28 @@ def test_a_request_whose_connection_died_closes_its_session_quietly(on_cluster):
     assert herald_db.engine is not None and herald_db.engine.pool.checkedout() == 0
     with SessionLocal() as fresh:
         assert fresh.execute(text("SELECT 1")).scalar_one() == 1
+
+
+@pytest.mark.parametrize("idle", [True, False], ids=["idle", "just-used"])
+def test_only_an_idle_pooled_connection_is_pinged_before_use(on_cluster, monkeypatch, idle):
+    """A connection back in the pool for PING_AFTER_IDLE_SECONDS is pinged at checkout, and a dead one
+    replaced before the caller sees it. One handed back a moment ago is not (that ping cost a round
+    trip per checkout): if it died meanwhile, the caller's statement fails, and the pool replaces
+    it for the next one."""
+    monkeypatch.setattr(herald_db, "PING_AFTER_IDLE_SECONDS", 0.0 if idle else 3600.0)
+    with SessionLocal() as session:
+        pid = session.execute(text("SELECT pg_backend_pid()")).scalar_one()
+    libpq = make_url(on_cluster.url).set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(libpq, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", [pid])
+    with SessionLocal() as session:
+        if idle:
+            assert session.execute(text("SELECT pg_backend_pid()")).scalar_one() != pid
+        else:
+            with pytest.raises(OperationalError):
+                session.execute(text("SELECT 1"))
+    with SessionLocal() as session:
+        assert session.execute(text("SELECT pg_backend_pid()")).scalar_one() != pid
 
 
 def test_an_exhausted_pool_answers_503_instead_of_waiting(
