@@ -179,6 +179,35 @@ def test_wakeups_and_two_processors_race_on_200_emails(worker, sink):
     assert all(r.attempts == 1 for r in rows()) and len(ids) == 200
 
 
+def test_a_burst_of_commits_shares_few_wake_ups_that_announce_each_email_once(worker, redis_url):
+    """One email per transaction, committed back to back as busy requests do: the wake-ups are spaced
+    WAKE_SPACING_SECONDS apart, so many commits share one message, and no email is left out."""
+    import base64
+    import json
+
+    import redis
+
+    from src.emails.service import WAKE_SPACING_SECONDS
+    from src.relay import relay
+
+    worker.stop()
+    broker = redis.Redis.from_url(redis_url)
+    broker.delete("emails")
+    started = time.monotonic()
+    ids = [queue(1)[0] for _ in range(40)]
+    committing = time.monotonic() - started
+    assert relay.flush(5)
+    messages = [json.loads(raw) for raw in broker.lrange("emails", 0, -1)]
+    announced = []
+    for message in messages:
+        assert message["headers"]["task"] == "src.emails.tasks.email_tasks.send_email_async"
+        (email_id, also), _kwargs, _embed = json.loads(base64.b64decode(message["body"]))
+        announced += [email_id, *also]
+    assert sorted(announced) == sorted(ids), "every email announced once"
+    most = committing / WAKE_SPACING_SECONDS + 2  # one at once, one per interval, one flushed
+    assert len(messages) <= most, f"{len(messages)} wake-ups for 40 commits in {committing:.3f} s"
+
+
 @on_each_broker
 def test_sigkill_mid_batch_loses_nothing_and_duplicates_at_most_one_per_process(worker, sink):
     worker.stop()
