@@ -74,11 +74,10 @@ def _ping_if_idle(dbapi_connection: Any, record: ConnectionPoolEntry, _proxy: ob
     moment ago has just proved itself, and pinging it cost a round trip per checkout (two per
     request). After a database restart, a connection dead since its last use fails its statement
     (503) and the pool then replaces every connection older than the failure."""
-    if time.monotonic() - record.info.get("used_at", 0.0) < PING_AFTER_IDLE_SECONDS:
+    if engine is None or time.monotonic() - record.info.get("used_at", 0.0) < PING_AFTER_IDLE_SECONDS:
         return
     try:
-        with dbapi_connection.cursor() as cursor:
-            cursor.execute("SELECT 1")
+        engine.dialect.do_ping(dbapi_connection)  # outside a transaction: it leaves none open
     except Exception as exc:  # any failure: the pool discards this connection and makes a new one
         raise DisconnectionError(str(exc)) from exc
 

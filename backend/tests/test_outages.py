@@ -184,6 +184,8 @@ def test_only_an_idle_pooled_connection_is_pinged_before_use(on_cluster, monkeyp
         admin.execute("SELECT pg_terminate_backend(%s)", [pid])
     with SessionLocal() as session:
         if idle:
+            driver = session.connection().connection.driver_connection
+            assert driver.info.transaction_status.name == "IDLE", "the ping left a transaction open"
             assert session.execute(text("SELECT pg_backend_pid()")).scalar_one() != pid
         else:
             with pytest.raises(OperationalError):
