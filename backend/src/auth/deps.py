@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 from src import logs
 from src.auth.models import User
 from src.auth.security import decode_token
-from src.db import get_session
+from src.db import get_session, outside_transaction
 
 _bearer = HTTPBearer(auto_error=False)
 
@@ -34,13 +34,15 @@ def current_user(
     session: DbSession,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> User:
-    """The caller, loaded in a transaction that ends here.
+    """The caller, loaded by a read that holds nothing once it returns.
 
     FastAPI runs this and the endpoint as two separate hops on the thread pool. Holding the
     connection in between (or SQLite's write lock) while waiting for a free thread is how a burst of
     requests used to starve the pool: every thread waited for a connection held by a request that
-    waited for a thread.
+    waited for a thread. On PostgreSQL the read runs outside a transaction (no BEGIN and COMMIT
+    round trips); the endpoint's queries then take a connection of their own.
     """
+    outside_transaction(session)
     user = user_from_token(session, credentials.credentials if credentials else None)
     session.commit()  # expire_on_commit=False: `user` stays loaded
     logs.set_user(user.id)
