@@ -27,7 +27,7 @@ import httpx
 import psutil
 import uvloop
 
-from benchmarks.common import percentile, prepare, read_journal, start_sink
+from benchmarks.common import CpuMeter, percentile, prepare, read_journal, start_sink
 
 STATUSES = ("in_progress", "in_review", "done")
 MAX_IN_FLIGHT = 1000  # past this an offer is shed and counted as an error: the client's own bound
@@ -48,6 +48,7 @@ class Run:
     latencies: list[tuple[float, float]]
     errors: int
     cpu_s: float
+    cpu_by_component: dict[str, float]
 
     def p(self, fraction: float) -> float:
         return round(percentile([s for _, s in self.latencies], fraction) * 1000, 1)
@@ -72,6 +73,35 @@ class Deployment:
             times = process.cpu_times()
             total += times.user + times.system
         return total
+
+
+# The benchmark's own processes by a word of their command line; PostgreSQL's server is found by name.
+COMPONENTS = {
+    "api": "uvicorn",
+    "worker": "worker",
+    "beat": "beat",
+    "redis": "redis-server",
+    "sink": "smtp_sink",
+}
+
+
+def components() -> dict[str, list[int]]:
+    """Root pids per component: every process this benchmark started, and the PostgreSQL server's
+    postmaster (its database is the only one in use while the benchmark runs)."""
+    roots: dict[str, list[int]] = {name: [] for name in [*COMPONENTS, "postgres"]}
+    for child in psutil.Process().children():
+        command = " ".join(child.cmdline())
+        name = next((name for name, word in COMPONENTS.items() if word in command), None)
+        if name:
+            roots[name].append(child.pid)
+    for process in psutil.process_iter(["name", "ppid"]):
+        parent_name = psutil.Process(process.info["ppid"]).name() if process.info["ppid"] else ""
+        if process.info["name"] in ("postgres", "postmaster") and parent_name not in (
+            "postgres",
+            "postmaster",
+        ):
+            roots["postgres"].append(process.pid)
+    return roots
 
 
 def seed(n: int) -> tuple[list[str], list[int], set[int]]:
@@ -113,6 +143,7 @@ class Load:
     def __init__(self, client: httpx.AsyncClient, tokens: list[str], task_ids: list[int], api: Deployment):
         self.client, self.tokens, self.task_ids, self.api = client, tokens, task_ids, api
         self.sent = 0
+        self.roots = components()
 
     def request(self, change: bool) -> tuple[str, str, dict | None, dict[str, str]]:
         k, n = self.sent, len(self.task_ids)
@@ -138,6 +169,9 @@ class Load:
             else:
                 errors += 1
 
+        meter = CpuMeter()
+        meter.sample(self.roots)
+        components_before = meter.totals()
         cpu_before, started = self.api.cpu_seconds(), time.time()
         count = int(rate * seconds)
         for i in range(count):
@@ -152,7 +186,11 @@ class Load:
         await asyncio.gather(*in_flight)
         elapsed = max(seconds, time.time() - started)
         await asyncio.sleep(0.5)  # the relay's after-commit work belongs to this run
-        return Run(rate, started, elapsed, latencies, errors, self.api.cpu_seconds() - cpu_before)
+        meter.sample(self.roots)
+        by_component = {name: cpu - components_before.get(name, 0.0) for name, cpu in meter.totals().items()}
+        return Run(
+            rate, started, elapsed, latencies, errors, self.api.cpu_seconds() - cpu_before, by_component
+        )
 
 
 def report(kind: str, run: Run) -> None:
@@ -167,6 +205,12 @@ def cpu_ms(run: Run) -> float:
     return round(run.cpu_s / max(1, len(run.latencies)) * 1000, 2)
 
 
+def cpu_ms_by_component(run: Run) -> dict[str, float]:
+    """CPU per served request of every process involved, in ms: what the machine spends on one."""
+    served = max(1, len(run.latencies))
+    return {name: round(seconds / served * 1000, 2) for name, seconds in run.cpu_by_component.items()}
+
+
 async def measure(url: str, api: Deployment, tokens: list[str], task_ids: list[int], rate: float,
                   seconds: float) -> tuple[Run, Run, list[Run]]:  # fmt: skip
     limits = httpx.Limits(max_connections=MAX_IN_FLIGHT, max_keepalive_connections=MAX_IN_FLIGHT)
@@ -177,6 +221,7 @@ async def measure(url: str, api: Deployment, tokens: list[str], task_ids: list[i
         report("read", read)
         change = await load.run(rate, seconds, change=True)
         report("change", change)
+        print("change CPU ms per request by process:", cpu_ms_by_component(change), flush=True)
         steps, step_rate = [], rate / 8
         while True:
             step = await load.run(step_rate, STEP_SECONDS, change=True)
@@ -276,6 +321,7 @@ def main() -> None:
         "change_cpu_ms": cpu_ms(change),
         "read_cpu_ms": cpu_ms(read),
         "change_over_read_cpu": round(cpu_ms(change) / cpu_ms(read), 2),
+        "change_cpu_ms_by_process": cpu_ms_by_component(change),
         "max_requests_per_s": max((s.served_per_s for s in within), default=0.0),
         "max_p99_bound_ms": P99_BOUND_MS,
         "emails": len(expected) + not_queued,
