@@ -6,12 +6,14 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import cache
+from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, bindparam, or_, select, update
 from sqlalchemy.orm import Session
 
 from src.config import settings
-from src.db import utcnow
+from src.db import UTCDateTime, utcnow
 from src.emails.models import EmailQueue, EmailStatus
 
 
@@ -19,6 +21,43 @@ def _due(now: object) -> object:
     return or_(
         and_(EmailQueue.status == EmailStatus.pending, EmailQueue.next_attempt_at <= now),
         and_(EmailQueue.status == EmailStatus.sending, EmailQueue.lease_expires_at < now),
+    )
+
+
+@cache
+def _claim_statement(only: bool, first: bool) -> Any:
+    """The claiming UPDATE, built once per shape: built per call, SQLAlchemy's construction and cache
+    key cost a worker more CPU than the claim's round trip (a wake-up claims a handful of rows).
+
+    A materialized CTE runs the locking SELECT exactly once. As `id IN (subquery)` PostgreSQL may
+    re-run it per outer row, and with SKIP LOCKED every run picks new rows: one claim takes all.
+    """
+    now = bindparam("now", type_=UTCDateTime())
+    candidates = select(EmailQueue.id).where(_due(now), EmailQueue.attempts < EmailQueue.max_attempts)
+    if only:
+        candidates = candidates.where(EmailQueue.id.in_(bindparam("only", expanding=True)))
+    order = [EmailQueue.priority.desc(), EmailQueue.next_attempt_at, EmailQueue.id]
+    if first:
+        order.insert(0, EmailQueue.id.in_(bindparam("first", expanding=True)).desc())
+    picked = (
+        candidates.order_by(*order)
+        .limit(bindparam("limit"))
+        .with_for_update(skip_locked=True)
+        .cte("picked")
+        .prefix_with("MATERIALIZED", dialect="postgresql")
+    )
+    return (
+        update(EmailQueue)
+        .where(EmailQueue.id == picked.c.id)
+        .values(
+            status=EmailStatus.sending,
+            claim_token=bindparam("token"),
+            lease_expires_at=bindparam("lease_expires_at", type_=UTCDateTime()),
+            attempts=EmailQueue.attempts + 1,
+            updated_at=now,
+        )
+        .returning(EmailQueue)
+        .execution_options(synchronize_session=False)
     )
 
 
@@ -51,34 +90,17 @@ def claim(
     leased_at = time.monotonic()  # from before the statement, which may wait for a lock
     now = utcnow()
     token = uuid.uuid4().hex
-    candidates = select(EmailQueue.id).where(_due(now), EmailQueue.attempts < EmailQueue.max_attempts)
+    params: dict[str, Any] = {
+        "now": now,
+        "token": token,
+        "lease_expires_at": now + timedelta(seconds=settings.email_lease_seconds),
+        "limit": limit,
+    }
     if only is not None:
-        candidates = candidates.where(EmailQueue.id.in_(only))
-    order = [EmailQueue.priority.desc(), EmailQueue.next_attempt_at, EmailQueue.id]
+        params["only"] = only
     if first:
-        order.insert(0, EmailQueue.id.in_(first).desc())
-    # A materialized CTE runs the locking SELECT exactly once. As `id IN (subquery)` PostgreSQL may
-    # re-run it per outer row, and with SKIP LOCKED every run picks new rows: one claim takes all.
-    picked = (
-        candidates.order_by(*order)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-        .cte("picked")
-        .prefix_with("MATERIALIZED", dialect="postgresql")
-    )
-    claimed = session.scalars(
-        update(EmailQueue)
-        .where(EmailQueue.id == picked.c.id)
-        .values(
-            status=EmailStatus.sending,
-            claim_token=token,
-            lease_expires_at=now + timedelta(seconds=settings.email_lease_seconds),
-            attempts=EmailQueue.attempts + 1,
-            updated_at=now,
-        )
-        .returning(EmailQueue)
-        .execution_options(synchronize_session=False)
-    ).all()
+        params["first"] = first
+    claimed = session.scalars(_claim_statement(only is not None, bool(first)), params).all()
     session.commit()
     return Claim(token, sorted(claimed, key=lambda e: (-e.priority, e.id)), leased_at)
 
