@@ -26,6 +26,7 @@ from src.invitations.api import router as invitations_router
 from src.notifications.api import router as notifications_router
 from src.notifications.api import ws_router as notifications_ws_router
 from src.notifications.live import LiveHub
+from src.notifications.sse import DirectBody
 from src.ops.health import router as health_router
 from src.ops.metrics import router as metrics_router
 from src.orgs.api import router as orgs_router
@@ -100,7 +101,8 @@ install_error_handlers(app)
 app.add_middleware(AdmissionLimit, limit=settings.api_threads)
 app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
 app.add_middleware(ApiHeaders)  # on every answer, errors included
-app.add_middleware(logs.RequestIds)  # outermost: the id is in context for everything below, and answered
+app.add_middleware(logs.RequestIds)  # the id is in context for everything below, and answered
+app.add_middleware(DirectBody)  # outermost: live streams send their body chunks past the others
 
 api = APIRouter(prefix="/api")
 for router in (

@@ -450,3 +450,85 @@ def test_the_hub_pings_the_streams_that_were_quiet_for_a_round(monkeypatch):
         await hub._redis.aclose()
 
     asyncio.run(scenario())
+
+
+def test_the_send_watch_cuts_off_a_stream_stuck_in_a_send_and_no_other():
+    """A send that cannot complete (the client stopped reading) gets its stream cancelled once it has
+    waited LIVE_SEND_TIMEOUT; a stream whose sends complete is left alone."""
+    import asyncio
+
+    from src.notifications.send_watch import SendWatch
+
+    async def scenario() -> None:
+        watch = SendWatch(timeout=0.3)
+        watch.start()
+        client_reading = asyncio.Event()
+
+        async def stream(stuck: bool) -> str:
+            try:
+                for _ in range(20):
+                    await watch.send(asyncio.sleep(0) if not stuck else client_reading.wait())
+                    await asyncio.sleep(0.05)
+            except asyncio.CancelledError:
+                assert watch.cut_off(asyncio.current_task())
+                return "cut off"
+            return "done"
+
+        started = asyncio.get_running_loop().time()
+        frozen, healthy = asyncio.create_task(stream(stuck=True)), asyncio.create_task(stream(stuck=False))
+        assert await asyncio.wait_for(frozen, 5) == "cut off"
+        waited = asyncio.get_running_loop().time() - started
+        assert 0.3 <= waited < 1.5, waited
+        assert await asyncio.wait_for(healthy, 5) == "done"
+        assert not watch.sending, "a finished send is forgotten"
+        await watch.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_client_that_stops_reading_is_cut_off_after_the_send_timeout(database_url, db, team):
+    """Through a real server: the client reads its first event, then nothing. Once its socket's
+    buffers are full, the server's send waits; after LIVE_SEND_TIMEOUT the stream is closed."""
+    import re
+    import socket
+    from urllib.parse import urlsplit
+
+    from src.db import SessionLocal
+    from src.devserver.processes import ApiServer
+    from src.devserver.redis_server import free_port
+    from src.notifications.service import NotificationService
+    from src.relay import relay
+    from tests.conftest import RUN_DIR
+
+    org_id, _task, _alice, bob, _carol = team
+    env = {"DATABASE_URL": database_url, "LIVE_SEND_TIMEOUT": "1", "METRICS_TOKEN": "scrape"}
+    server = ApiServer(env, RUN_DIR / "api-frozen-client.log", free_port()).start()
+
+    def open_streams() -> float:
+        metrics = httpx.get(f"{server.url}/metrics", headers={"Authorization": "Bearer scrape"}).text
+        return float(re.search(r"^herald_live_streams (\S+)$", metrics, re.M).group(1))
+
+    try:
+        url = urlsplit(stream_url(server, bob))
+        client = socket.socket()
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        client.connect((url.hostname, url.port))
+        client.sendall(f"GET {url.path}?{url.query} HTTP/1.1\r\nHost: herald\r\n\r\n".encode())
+        received = b""
+        while b"event: unread_count" not in received:
+            received += client.recv(4096)
+        assert open_streams() == 1
+        with SessionLocal() as session:  # ~8 MB for a client that reads nothing more
+            for n in range(8):
+                NotificationService.notify(
+                    session, org_id, [bob.id] * 16, "big", f"Big {n}", body="x" * 60_000
+                )
+                session.commit()
+        assert relay.flush(10)
+        deadline = time.monotonic() + 15
+        while open_streams() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert open_streams() == 0, "the frozen client's stream is still open"
+        client.close()
+    finally:
+        server.stop()

@@ -136,9 +136,8 @@ async def stream(
     """Server-Sent Events: `notification` (id = seq) and `unread_count`; send Last-Event-ID to resume.
     Authenticated by `?token=` (a stream token) or an `Authorization` header."""
     start = await run_in_threadpool(_stream_start, authorization, request.scope["query_string"])
-    return EventStream(
-        live.events(request.app.state.hub, start, _since(last_event_id, since)), settings.live_send_timeout
-    )
+    hub = request.app.state.hub
+    return EventStream(live.events(hub, start, _since(last_event_id, since)), hub.send_watch)
 
 
 ws_router = APIRouter(tags=["notifications"])
@@ -159,10 +158,10 @@ async def websocket_stream(websocket: WebSocket, since: StreamPosition = None) -
     async def send_events() -> str | None:
         """The reason the stream was closed for, if it was (the last event says it)."""
         event: dict[str, Any] = {}
-        async for batch in live.events(websocket.app.state.hub, start, since):
+        hub = websocket.app.state.hub
+        async for batch in live.events(hub, start, since):
             for event in batch:
-                async with asyncio.timeout(settings.live_send_timeout):
-                    await websocket.send_text(live.event_json(event))
+                await hub.send_watch.send(websocket.send_text(live.event_json(event)))
         return event["data"]["reason"] if event.get("event") == "closed" else None
 
     async def watch_for_close() -> None:

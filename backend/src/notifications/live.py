@@ -35,6 +35,7 @@ from src import outages
 from src.config import settings
 from src.db import SessionLocal
 from src.notifications.models import NotificationSequence
+from src.notifications.send_watch import SendWatch
 from src.notifications.service import CHANNEL, NotificationService, last_seq
 from src.orgs.service import member_org_ids
 from src.redis_client import async_redis
@@ -103,6 +104,7 @@ class LiveHub:
         # Redis restart: without it, the first command after one fails (a transaction too).
         self._redis = async_redis(retry_on_error=[redis.ConnectionError])
         self._forgetting: set[asyncio.Task[None]] = set()
+        self.send_watch = SendWatch(settings.live_send_timeout)
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -110,6 +112,7 @@ class LiveHub:
         self.cursor = await run_in_threadpool(_last_seq)
         self._task = asyncio.create_task(self._run(), name="herald-live-hub")
         self._pings = asyncio.create_task(self._ping_quiet_streams(), name="herald-live-pings")
+        self.send_watch.start()
 
     def drain(self) -> None:
         """Ask every stream to end cleanly: clients reconnect (elsewhere) and recover what they miss.
@@ -149,6 +152,7 @@ class LiveHub:
         if self._pings:
             self._pings.cancel()
             await asyncio.gather(self._pings, return_exceptions=True)
+        await self.send_watch.stop()
         await asyncio.gather(*self._forgetting, return_exceptions=True)
         await self._redis.aclose()
 
