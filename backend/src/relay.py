@@ -43,7 +43,8 @@ class Spaced:
 
 
 class _Flush:
-    """Runs every deferred `Spaced` callback now, then tells the waiting `flush()`."""
+    """In a batch, it has the relay run every deferred `Spaced` callback at once; run after them, it
+    tells the waiting `flush()`."""
 
     def __init__(self) -> None:
         self.done = threading.Event()
