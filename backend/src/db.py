@@ -1,11 +1,12 @@
 """The one engine and session factory, rebindable so tests can point Herald at their own database."""
 
+import functools
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, DateTime, Engine, Table, create_engine, event
+from sqlalchemy import Connection, DateTime, Dialect, Engine, Table, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
@@ -69,15 +70,17 @@ def _mark_used(_dbapi_connection: object, record: ConnectionPoolEntry, *_: objec
     record.info["used_at"] = time.monotonic()
 
 
-def _ping_if_idle(dbapi_connection: Any, record: ConnectionPoolEntry, _proxy: object) -> None:
+def _ping_if_idle(
+    dialect: Dialect, dbapi_connection: Any, record: ConnectionPoolEntry, _proxy: object
+) -> None:
     """SQLAlchemy's pre-ping, but only for a connection that sat idle in the pool: one handed back a
     moment ago has just proved itself, and pinging it cost a round trip per checkout (two per
     request). After a database restart, a connection dead since its last use fails its statement
     (503) and the pool then replaces every connection older than the failure."""
-    if engine is None or time.monotonic() - record.info.get("used_at", 0.0) < PING_AFTER_IDLE_SECONDS:
+    if time.monotonic() - record.info.get("used_at", 0.0) < PING_AFTER_IDLE_SECONDS:
         return
     try:
-        engine.dialect.do_ping(dbapi_connection)  # outside a transaction: it leaves none open
+        dialect.do_ping(dbapi_connection)  # outside a transaction: it leaves none open
     except Exception as exc:  # any failure: the pool discards this connection and makes a new one
         raise DisconnectionError(str(exc)) from exc
 
@@ -105,7 +108,7 @@ def configure_engine(url: str) -> Engine:
         engine = create_engine(url, pool_use_lifo=True, connect_args=connect_args, **pool)
         for name in ("connect", "checkin"):
             event.listen(engine, name, _mark_used)
-        event.listen(engine, "checkout", _ping_if_idle)
+        event.listen(engine, "checkout", functools.partial(_ping_if_idle, engine.dialect))
     event.listen(engine, "connect", lambda *_: outages.database.ok())
     SessionLocal.configure(bind=engine)
     return engine
