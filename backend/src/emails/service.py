@@ -7,6 +7,7 @@ Nothing here trusts Redis with state. A Celery message only says "look at the ou
 import logging
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
@@ -62,17 +63,30 @@ class EmailDraft:
     headers: dict[str, str] | None = None  # more headers, e.g. List-Unsubscribe; ASCII only
 
 
+@dataclass(frozen=True)
+class QueuedEmail:
+    """An email in the outbox, as queueing it returns it."""
+
+    id: int
+    message_id: str
+    mime: str
+    created_at: datetime
+
+
+_QUEUED_COLUMNS = (EmailQueue.id, EmailQueue.message_id, EmailQueue.mime, EmailQueue.created_at)
+
+
 class EmailService:
     """Queue emails into the outbox. Callers own the transaction; publishing waits for its commit."""
 
     @staticmethod
-    def queue_email(session: Session, *, wake_worker: bool = True, **draft: Any) -> EmailQueue:
+    def queue_email(session: Session, *, wake_worker: bool = True, **draft: Any) -> QueuedEmail:
         """Validate and store one email in the outbox, in `session`'s transaction. Takes the fields
         of `EmailDraft` as keywords.
 
         Raises `Invalid` (and adds nothing) for a bad address, a header with CR/LF, an empty subject or
         an oversized body; drops bidi and zero-width characters from the subject and name. A
-        `dedupe_key` already queued returns the existing row instead. `wake_worker=False` leaves the
+        `dedupe_key` already queued returns the existing email instead. `wake_worker=False` leaves the
         email to the queue processor (bulk loads, backfills).
         """
         [email] = EmailService.queue_emails(session, [EmailDraft(**draft)], wake_worker=wake_worker)
@@ -81,22 +95,34 @@ class EmailService:
     @staticmethod
     def queue_emails(
         session: Session, drafts: list[EmailDraft], wake_worker: bool = True
-    ) -> list[EmailQueue]:
+    ) -> list[QueuedEmail]:
         """`queue_email()` for many, as the emails of one change, in one INSERT that skips the dedupe
-        keys already queued (and returns those rows instead). Nothing is stored unless every draft
-        is valid."""
+        keys already queued (and returns those emails instead). Nothing is stored unless every draft
+        is valid.
+
+        A Core INSERT, not the ORM's: loading each new row back as an `EmailQueue` cost a queueing
+        caller a third of its CPU, and no caller reads more than `QueuedEmail` holds.
+        """
         rows = [_new_row(draft) for draft in drafts]
         if not rows:
             return []
-        statement = insert_or_ignore(session, EmailQueue).returning(EmailQueue, sort_by_parameter_order=True)
-        stored = {email.message_id: email for email in session.scalars(statement, rows)}
+        table = EmailQueue.__table__
+        statement = insert_or_ignore(session, table).returning(table.c.message_id, table.c.id)
+        stored = {message_id: email_id for message_id, email_id in session.execute(statement, rows)}
         if wake_worker and stored:
-            _wake_workers_after_commit(session, [e.id for e in stored.values()])
-        queued = [stored.get(row["message_id"]) for row in rows]
+            _wake_workers_after_commit(session, list(stored.values()))
+        queued = [
+            QueuedEmail(stored[row["message_id"]], row["message_id"], row["mime"], row["created_at"])
+            if row["message_id"] in stored
+            else None
+            for row in rows
+        ]
         duplicates = [row["dedupe_key"] for row, email in zip(rows, queued, strict=True) if email is None]
         if duplicates:
-            existing = session.scalars(select(EmailQueue).where(EmailQueue.dedupe_key.in_(duplicates)))
-            by_key = {email.dedupe_key: email for email in existing}
+            existing = session.execute(
+                select(EmailQueue.dedupe_key, *_QUEUED_COLUMNS).where(EmailQueue.dedupe_key.in_(duplicates))
+            )
+            by_key = {key: QueuedEmail(*columns) for key, *columns in existing}
             queued = [email or by_key[row["dedupe_key"]] for row, email in zip(rows, queued, strict=True)]
         return queued  # type: ignore[return-value]
 
