@@ -105,7 +105,11 @@ app.add_middleware(AdmissionLimit, limit=settings.api_threads)
 app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
 app.add_middleware(ApiHeaders)  # on every answer, errors included
 app.add_middleware(logs.RequestIds)  # the id is in context for everything below, and answered
-app.add_middleware(DirectBody)  # outermost: live streams send their body chunks past the others
+
+# Outermost of all, outside even Starlette's error middleware (which wraps `send` too): live streams
+# send their body chunks to the server's own `send`, past every wrapper (see sse.py).
+_build_middleware_stack = app.build_middleware_stack
+app.build_middleware_stack = lambda: DirectBody(_build_middleware_stack())  # type: ignore[method-assign]
 
 api = APIRouter(prefix="/api")
 for router in (

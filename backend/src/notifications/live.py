@@ -352,8 +352,11 @@ def stream_start(session: Session, user_id: int) -> StreamStart:
     return StreamStart(user_id, frozenset(member_org_ids(session, user_id)), unread, watermark)
 
 
+_JSON = json.JSONEncoder(separators=(",", ":"))  # one: json.dumps with options builds one per call
+
+
 def to_json(data: Any) -> str:
-    return json.dumps(data, separators=(",", ":"))  # one line: JSON never contains a newline
+    return _JSON.encode(data)  # one line: JSON never contains a newline
 
 
 def event_json(event: dict[str, Any]) -> str:

@@ -1,16 +1,18 @@
 """A lean Server-Sent Events response.
 
-A stream costs one task plus one that waits for the client to leave; at a thousand idle streams
-per process that matters (EventSourceResponse from sse-starlette spends an anyio task group of
-four tasks on each, about 14 KB more per connection here). Keep-alive pings come from the event
-source, a frozen client is dropped by the hub's `SendWatch`, and a stream ends cleanly when its
-source ends (the hub drains every stream on shutdown).
+A stream costs three tasks: the request's, one that writes its events and one that waits for the
+client to leave. At a thousand idle streams per process that matters (EventSourceResponse from
+sse-starlette spends an anyio task group of four tasks on each, about 14 KB more per connection
+here). Keep-alive pings come from the event source, a frozen client is dropped by the hub's
+`SendWatch`, and a stream ends cleanly when its source ends (the hub drains every stream on shutdown).
 
-Every event is a write to every stream it concerns, so the path of one write matters: its body
-chunks go straight to the `send` that `DirectBody` (the outermost of Herald's middlewares) was
-given, not through the ones inside it, which act on a response's start (request id, API headers,
-error handling) and never on its body. At 5,000 streams the ten wrappers and the per-send timeout
-that was here took a third of a broadcast's time.
+Every event is a write to every stream it concerns, so the path of one write matters. Its body
+chunks go straight to the server's `send`, which `DirectBody` (outside every middleware, Starlette's
+own included) was given, not through the wrappers inside it: they act on a response's start
+(request id, API headers, error handling), never on its body. And they are written by a task of
+their own, so an event resumes a short chain of coroutines, not the request's twenty. At 5,000
+streams the wrappers and a timeout per send took a third of a broadcast's time, and resuming that
+chain a sixth (py-spy).
 """
 
 import asyncio
@@ -62,36 +64,45 @@ class EventStream(Response):
         self.watch = watch
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        streaming = asyncio.current_task()
-        assert streaming is not None
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        retry = f"retry: {RETRY_MS}\n\n".encode()
+        await send({"type": "http.response.body", "body": retry, "more_body": True})
+        # The response has started (its headers went through every middleware): the body goes
+        # direct. Without DirectBody (an app built without it), through `send` as usual.
+        pump = asyncio.create_task(self._pump(scope.get(_OUTER_SEND, send)))
 
         async def cancel_when_client_leaves() -> None:
             while (await receive())["type"] != "http.disconnect":
                 pass
-            streaming.cancel()
+            pump.cancel()
 
         watcher = asyncio.create_task(cancel_when_client_leaves())
         try:
-            await send(
-                {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
-            )
-            await send(
-                {"type": "http.response.body", "body": f"retry: {RETRY_MS}\n\n".encode(), "more_body": True}
-            )
-            # The response has started (its headers went through every middleware): the body goes
-            # direct. Without DirectBody (an app built without it), through `send` as usual.
-            direct = scope.get(_OUTER_SEND, send)
-            async for batch in self.events:
-                body = b"".join(encode(event) for event in batch)
-                await self.watch.send(direct({"type": "http.response.body", "body": body, "more_body": True}))
-            await direct({"type": "http.response.body", "body": b"", "more_body": False})
+            await pump
         except asyncio.CancelledError:
             # Cancelled because the client left, or stopped reading: it recovers from the database
             # on reconnect. Anyone else's cancellation goes on.
-            if not (watcher.done() or self.watch.cut_off(streaming)):
+            if not (watcher.done() or self.watch.cut_off(pump)):
                 raise
         except OSError:
             pass  # the connection broke
         finally:
+            pump.cancel()
             watcher.cancel()
+
+    async def _pump(self, send: Send) -> None:
+        """Writes the events, in a task of its own: each event resumes this short chain of coroutines,
+        not the request's twenty (server, middlewares, router), which cost a write as much again."""
+        pump = asyncio.current_task()
+        assert pump is not None
+        sending, clock = self.watch.sending, asyncio.get_running_loop().time
+        try:
+            async for batch in self.events:
+                body = b"".join(encode(event) for event in batch)
+                sending[pump] = clock()
+                await send({"type": "http.response.body", "body": body, "more_body": True})
+                del sending[pump]
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            sending.pop(pump, None)
             await self.events.aclose()  # type: ignore[attr-defined]
