@@ -47,7 +47,7 @@ app = Celery(
         "src.notifications.tasks.notification_tasks",
         "src.idempotency.tasks.idempotency_tasks",
         "src.ops.retention",
-        "src.preferences.tasks.digest_tasks",
+        "src.tasks.tasks.digest_tasks",
     ],
 )
 app.conf.update(
@@ -89,7 +89,7 @@ app.conf.update(
             "schedule": settings.notification_publish_interval,
         },
         "build-digests": {
-            "task": "src.preferences.tasks.digest_tasks.build_digests",
+            "task": "src.tasks.tasks.digest_tasks.build_digests",
             "schedule": settings.email_digest_check_seconds,
         },
         "delete-expired-idempotency-keys": {

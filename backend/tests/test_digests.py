@@ -11,10 +11,10 @@ from sqlalchemy import delete, select, text, update
 from src.db import SessionLocal, utcnow
 from src.emails.models import EmailQueue, EmailStatus
 from src.emails.service import EmailService
-from src.preferences import digests
 from src.preferences.models import DigestItem
-from src.preferences.tasks.digest_tasks import build_digests
+from src.tasks import digests
 from src.tasks.models import TaskEvent
+from src.tasks.tasks.digest_tasks import build_digests
 from tests.test_emails import wait_until
 
 STATUSES = ["in_progress", "in_review", "done", "in_progress", "done"]

@@ -1,4 +1,4 @@
-"""Preferences, organization defaults and task mutes, for signed-in users under /api."""
+"""Preferences and organization defaults, for signed-in users under /api (task mutes are the tasks')."""
 
 from fastapi import APIRouter
 from sqlalchemy.orm import Session
@@ -12,14 +12,12 @@ from src.preferences.schemas import (
     ChannelChoices,
     DigestScheduleIO,
     EventKindOut,
-    MuteOut,
     OrgDefaultsIn,
     OrgDefaultsOut,
     OrgPreferencesOut,
     PreferencesIn,
     PreferencesOut,
 )
-from src.tasks.service import get_task
 from src.validation import PathId
 
 router = APIRouter(tags=["preferences"])
@@ -109,21 +107,3 @@ def set_org_defaults(
     service.set_org_defaults(session, org_id, _choices(body.defaults))
     session.commit()
     return _org_defaults_out(session, org_id)
-
-
-def _mute(session: Session, task_id: int, user: CurrentUser, muted: bool) -> MuteOut:
-    task = get_task(session, task_id, user)
-    service.set_muted(session, task.id, user.id, muted)
-    session.commit()
-    return MuteOut(task_id=task.id, muted=muted)
-
-
-@router.post("/tasks/{task_id}/mute")
-def mute_task(task_id: PathId, user: CurrentUser, session: DbSession) -> MuteOut:
-    """Hear nothing more about this task, by email or in the app, while still watching it."""
-    return _mute(session, task_id, user, True)
-
-
-@router.delete("/tasks/{task_id}/mute")
-def unmute_task(task_id: PathId, user: CurrentUser, session: DbSession) -> MuteOut:
-    return _mute(session, task_id, user, False)

@@ -79,11 +79,6 @@ class OrgDefaultsOut(BaseModel):
     defaults: dict[str, dict[str, dict[str, str]]] = Field(description="source: organization or default")
 
 
-class MuteOut(BaseModel):
-    task_id: int
-    muted: bool
-
-
 class UnsubscribeOut(BaseModel):
     detail: str
     email: dict[str, Any] = Field(description="the email choices now in force for the types changed")

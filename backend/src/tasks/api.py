@@ -6,10 +6,10 @@ from sqlalchemy.orm import Session
 
 from src.auth.deps import CurrentUser, DbSession
 from src.idempotency.deps import Idempotent
-from src.preferences.service import muted_among
+from src.preferences.service import muted_among, set_muted
 from src.tasks import service
 from src.tasks.models import Task, TaskStatus
-from src.tasks.schemas import TaskEventOut, TaskIn, TaskOut, TaskPage, TaskPatch
+from src.tasks.schemas import MuteOut, TaskEventOut, TaskIn, TaskOut, TaskPage, TaskPatch
 from src.validation import MAX_ID, PathId, QueryId
 
 router = APIRouter(tags=["tasks"])
@@ -82,6 +82,24 @@ def add_watcher(task_id: PathId, user_id: PathId, user: CurrentUser, session: Db
 @router.delete("/tasks/{task_id}/watchers/{user_id}")
 def remove_watcher(task_id: PathId, user_id: PathId, user: CurrentUser, session: DbSession) -> TaskOut:
     return _own_task_out(session, user.id, service.set_watching(session, task_id, user, user_id, watch=False))
+
+
+def _mute(session: Session, task_id: int, user: CurrentUser, muted: bool) -> MuteOut:
+    task = service.get_task(session, task_id, user)
+    set_muted(session, task.id, user.id, muted)
+    session.commit()
+    return MuteOut(task_id=task.id, muted=muted)
+
+
+@router.post("/tasks/{task_id}/mute", tags=["preferences"])
+def mute_task(task_id: PathId, user: CurrentUser, session: DbSession) -> MuteOut:
+    """Hear nothing more about this task, by email or in the app, while still watching it."""
+    return _mute(session, task_id, user, True)
+
+
+@router.delete("/tasks/{task_id}/mute", tags=["preferences"])
+def unmute_task(task_id: PathId, user: CurrentUser, session: DbSession) -> MuteOut:
+    return _mute(session, task_id, user, False)
 
 
 @router.get("/tasks/{task_id}/events", response_model=list[TaskEventOut])

@@ -55,3 +55,8 @@ class TaskEventOut(BaseModel):
     old_value: str | None
     new_value: str | None
     created_at: datetime
+
+
+class MuteOut(BaseModel):
+    task_id: int
+    muted: bool

@@ -14,11 +14,11 @@ from src.errors import Invalid, NotFound
 from src.notifications.service import NotificationService
 from src.orgs.models import Membership, Organization
 from src.orgs.service import member_ids, require_member
-from src.preferences import digests
 from src.preferences.catalogue import EventType
 from src.preferences.service import recipient_choices
 from src.preferences.unsubscribe import list_unsubscribe_headers, preferences_url, unsubscribe_url
 from src.ratelimit import limit
+from src.tasks import digests
 from src.tasks.models import Task, TaskEvent, TaskStatus
 from src.tasks.page import task_page_url
 from src.tasks.schemas import TaskPatch

@@ -1,9 +1,9 @@
-"""The beat job that queues digests whose window has closed. Thin: `src.preferences.digests` works."""
+"""The beat job that queues digests whose window has closed. Thin: `src.tasks.digests` works."""
 
 from datetime import datetime
 
 from src.celery_app import app
-from src.preferences import digests
+from src.tasks import digests
 
 
 @app.task
