@@ -10,7 +10,7 @@ from datetime import UTC
 from typing import Any
 
 import redis
-from sqlalchemy import ColumnElement, and_, bindparam, exists, func, or_, select, update
+from sqlalchemy import BindParameter, ColumnElement, and_, bindparam, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from src import outages
@@ -64,7 +64,7 @@ def _hint(message: dict[str, Any]) -> None:
     _publish(json.dumps(message))
 
 
-def _visible_to(user_id: int) -> Any:
+def _visible_to(user_id: int | BindParameter[int]) -> Any:
     """A user's own notifications and the broadcasts of the organizations they belong to, once
     published: a stream counts what it delivers as unread, so nothing can be read before it."""
     return and_(
@@ -79,10 +79,26 @@ def _visible_to(user_id: int) -> Any:
     )
 
 
-def _unread_by(user_id: int) -> Any:
+def _unread_by(user_id: int | BindParameter[int]) -> Any:
     return ~exists().where(
         NotificationRead.notification_id == Notification.id, NotificationRead.user_id == user_id
     )
+
+
+def _unread_snapshot_statement() -> Any:
+    """Built once, with the user as a parameter: every stream that opens runs it, and building it
+    per call was two thirds of its CPU (0.53 ms of 0.18 + 0.35)."""
+    user_id, watermark = bindparam("user_id"), _LAST_SEQ.scalar_subquery()
+    count = (
+        select(func.count())
+        .select_from(Notification)
+        .where(_visible_to(user_id), _unread_by(user_id), Notification.seq <= watermark)
+        .scalar_subquery()
+    )
+    return select(count, watermark)
+
+
+_UNREAD_SNAPSHOT = _unread_snapshot_statement()
 
 
 def to_payload(notification: Notification, read_at: object = None) -> dict[str, Any]:
@@ -232,14 +248,7 @@ class NotificationService:
         A stream counts every later notification it delivers on top of this, so its count matches
         the API's once delivery catches up.
         """
-        watermark = _LAST_SEQ.scalar_subquery()
-        count = (
-            select(func.count())
-            .select_from(Notification)
-            .where(_visible_to(user_id), _unread_by(user_id), Notification.seq <= watermark)
-            .scalar_subquery()
-        )
-        unread, last_seq = session.execute(select(count, watermark)).one()
+        unread, last_seq = session.execute(_UNREAD_SNAPSHOT, {"user_id": user_id}).one()
         return unread or 0, last_seq or 0
 
     @staticmethod
