@@ -64,12 +64,7 @@ class EventStream(Response):
         self.watch = watch
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
-        retry = f"retry: {RETRY_MS}\n\n".encode()
-        await send({"type": "http.response.body", "body": retry, "more_body": True})
-        # The response has started (its headers went through every middleware): the body goes
-        # direct. Without DirectBody (an app built without it), through `send` as usual.
-        pump = asyncio.create_task(self._pump(scope.get(_OUTER_SEND, send)))
+        pump = asyncio.create_task(self._pump(send, scope.get(_OUTER_SEND, send)))
 
         async def cancel_when_client_leaves() -> None:
             while (await receive())["type"] != "http.disconnect":
@@ -90,19 +85,25 @@ class EventStream(Response):
             pump.cancel()
             watcher.cancel()
 
-    async def _pump(self, send: Send) -> None:
-        """Writes the events, in a task of its own: each event resumes this short chain of coroutines,
-        not the request's twenty (server, middlewares, router), which cost a write as much again."""
+    async def _pump(self, send: Send, direct: Send) -> None:
+        """The whole response, in a task of its own: each event resumes this short chain of
+        coroutines, not the request's twenty (server, middlewares, router), which cost a write as
+        much again. The start goes through every middleware (`send`); once it has, the body goes
+        `direct` (the server's own `send`, or `send` without DirectBody)."""
         pump = asyncio.current_task()
         assert pump is not None
         sending, clock = self.watch.sending, asyncio.get_running_loop().time
         try:
+            start = {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+            await send(start)
+            retry = f"retry: {RETRY_MS}\n\n".encode()
+            await send({"type": "http.response.body", "body": retry, "more_body": True})
             async for batch in self.events:
                 body = b"".join(encode(event) for event in batch)
                 sending[pump] = clock()
-                await send({"type": "http.response.body", "body": body, "more_body": True})
+                await direct({"type": "http.response.body", "body": body, "more_body": True})
                 del sending[pump]
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            await direct({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             sending.pop(pump, None)
             await self.events.aclose()  # type: ignore[attr-defined]
