@@ -94,10 +94,7 @@ class EventStream(Response):
         assert pump is not None
         sending, clock = self.watch.sending, asyncio.get_running_loop().time
         try:
-            start = {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
-            await send(start)
-            retry = f"retry: {RETRY_MS}\n\n".encode()
-            await send({"type": "http.response.body", "body": retry, "more_body": True})
+            await self._start(send)
             async for batch in self.events:
                 body = b"".join(encode(event) for event in batch)
                 sending[pump] = clock()
@@ -107,3 +104,10 @@ class EventStream(Response):
         finally:
             sending.pop(pump, None)
             await self.events.aclose()  # type: ignore[attr-defined]
+
+    async def _start(self, send: Send) -> None:
+        """Apart, so the pump's frame, which lives as long as the stream, keeps none of this."""
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        await send(
+            {"type": "http.response.body", "body": f"retry: {RETRY_MS}\n\n".encode(), "more_body": True}
+        )
