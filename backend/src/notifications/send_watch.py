@@ -28,15 +28,24 @@ class SendWatch:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
 
+    def begin(self, task: asyncio.Task[Any]) -> None:
+        """`task` starts a send to its client. A plain call, not a wrapping coroutine: SSE streams
+        mark every event's write with this and `end`, on the hottest path a broadcast has."""
+        self.sending[task] = asyncio.get_running_loop().time()
+
+    def end(self, task: asyncio.Task[Any]) -> None:
+        """`task`'s send returned (or failed, or its stream is over)."""
+        self.sending.pop(task, None)
+
     async def send(self, sending: Awaitable[None]) -> None:
         """Await `sending` (a send to the stream's client) under the watch."""
         task = asyncio.current_task()
         assert task is not None
-        self.sending[task] = asyncio.get_running_loop().time()
+        self.begin(task)
         try:
             await sending
         finally:
-            self.sending.pop(task, None)
+            self.end(task)
 
     def cut_off(self, task: asyncio.Task[Any]) -> bool:
         """Whether the watch cancelled this stream task (its client stopped reading)."""

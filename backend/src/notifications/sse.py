@@ -92,17 +92,17 @@ class EventStream(Response):
         `direct` (the server's own `send`, or `send` without DirectBody)."""
         pump = asyncio.current_task()
         assert pump is not None
-        sending, clock = self.watch.sending, asyncio.get_running_loop().time
+        watch = self.watch
         try:
             await self._start(send)
             async for batch in self.events:
                 body = b"".join(encode(event) for event in batch)
-                sending[pump] = clock()
+                watch.begin(pump)
                 await direct({"type": "http.response.body", "body": body, "more_body": True})
-                del sending[pump]
+                watch.end(pump)
             await direct({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
-            sending.pop(pump, None)
+            watch.end(pump)
             await self.events.aclose()  # type: ignore[attr-defined]
 
     async def _start(self, send: Send) -> None:
