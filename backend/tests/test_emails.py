@@ -187,6 +187,7 @@ def test_a_burst_of_commits_shares_few_wake_ups_that_announce_each_email_once(wo
 
     import redis
 
+    from src import outages
     from src.emails.service import WAKE_SPACING_SECONDS
     from src.relay import relay
 
@@ -203,7 +204,10 @@ def test_a_burst_of_commits_shares_few_wake_ups_that_announce_each_email_once(wo
         assert message["headers"]["task"] == "src.emails.tasks.email_tasks.send_email_async"
         (email_id, also), _kwargs, _embed = json.loads(base64.b64decode(message["body"]))
         announced += [email_id, *also]
-    assert sorted(announced) == sorted(ids), "every email announced once"
+    # Wake-ups are skipped while the broker's breaker is open (the processor sends those emails):
+    # said here, so a failure tells that apart from a lost wake-up.
+    breaker = "open" if outages.celery_broker.down else "closed"
+    assert sorted(announced) == sorted(ids), f"every email announced once (the breaker is {breaker})"
     most = committing / WAKE_SPACING_SECONDS + 2  # one at once, one per interval, one flushed
     assert len(messages) <= most, f"{len(messages)} wake-ups for 40 commits in {committing:.3f} s"
 
