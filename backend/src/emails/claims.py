@@ -9,36 +9,55 @@ from datetime import timedelta
 from functools import cache
 from typing import Any
 
-from sqlalchemy import and_, bindparam, or_, select, update
+from sqlalchemy import ColumnElement, and_, bindparam, or_, select, update
 from sqlalchemy.orm import Session
 
 from src.config import settings
 from src.db import UTCDateTime, utcnow
 from src.emails.models import EmailQueue, EmailStatus
 
+_queue = EmailQueue.__table__
 
-def _due(now: object) -> object:
+
+def _due(now: object) -> ColumnElement[bool]:
     return or_(
-        and_(EmailQueue.status == EmailStatus.pending, EmailQueue.next_attempt_at <= now),
-        and_(EmailQueue.status == EmailStatus.sending, EmailQueue.lease_expires_at < now),
+        and_(_queue.c.status == EmailStatus.pending, _queue.c.next_attempt_at <= now),
+        and_(_queue.c.status == EmailStatus.sending, _queue.c.lease_expires_at < now),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedEmail:
+    """What sending a claimed email reads of its row."""
+
+    id: int
+    to_email: str
+    mime: str
+    priority: int
+    attempts: int  # this attempt's number: the claim counted it
+    max_attempts: int
+    request_id: str | None
+
+
+_CLAIMED_COLUMNS = [_queue.c[field] for field in ClaimedEmail.__slots__]
 
 
 @cache
 def _claim_statement(only: bool, first: bool) -> Any:
-    """The claiming UPDATE, built once per shape: built per call, SQLAlchemy's construction and cache
-    key cost a worker more CPU than the claim's round trip (a wake-up claims a handful of rows).
+    """The claiming UPDATE, built once per shape, in Core: built per call, or run through the ORM
+    (which loaded each row as an `EmailQueue`), it cost a worker more CPU than the claim's round
+    trip; a wake-up claims a handful of rows.
 
     A materialized CTE runs the locking SELECT exactly once. As `id IN (subquery)` PostgreSQL may
     re-run it per outer row, and with SKIP LOCKED every run picks new rows: one claim takes all.
     """
     now = bindparam("now", type_=UTCDateTime())
-    candidates = select(EmailQueue.id).where(_due(now), EmailQueue.attempts < EmailQueue.max_attempts)
+    candidates = select(_queue.c.id).where(_due(now), _queue.c.attempts < _queue.c.max_attempts)
     if only:
-        candidates = candidates.where(EmailQueue.id.in_(bindparam("only", expanding=True)))
-    order = [EmailQueue.priority.desc(), EmailQueue.next_attempt_at, EmailQueue.id]
+        candidates = candidates.where(_queue.c.id.in_(bindparam("only", expanding=True)))
+    order = [_queue.c.priority.desc(), _queue.c.next_attempt_at, _queue.c.id]
     if first:
-        order.insert(0, EmailQueue.id.in_(bindparam("first", expanding=True)).desc())
+        order.insert(0, _queue.c.id.in_(bindparam("first", expanding=True)).desc())
     picked = (
         candidates.order_by(*order)
         .limit(bindparam("limit"))
@@ -47,24 +66,23 @@ def _claim_statement(only: bool, first: bool) -> Any:
         .prefix_with("MATERIALIZED", dialect="postgresql")
     )
     return (
-        update(EmailQueue)
-        .where(EmailQueue.id == picked.c.id)
+        _queue.update()
+        .where(_queue.c.id == picked.c.id)
         .values(
             status=EmailStatus.sending,
             claim_token=bindparam("token"),
             lease_expires_at=bindparam("lease_expires_at", type_=UTCDateTime()),
-            attempts=EmailQueue.attempts + 1,
+            attempts=_queue.c.attempts + 1,
             updated_at=now,
         )
-        .returning(EmailQueue)
-        .execution_options(synchronize_session=False)
+        .returning(*_CLAIMED_COLUMNS)
     )
 
 
 @dataclass
 class Claim:
     token: str
-    emails: list[EmailQueue]
+    emails: list[ClaimedEmail]
     leased_at: float  # time.monotonic() when the lease was last taken or renewed, from before the write
 
     @property
@@ -100,7 +118,8 @@ def claim(
         params["only"] = only
     if first:
         params["first"] = first
-    claimed = session.scalars(_claim_statement(only is not None, bool(first)), params).all()
+    rows = session.execute(_claim_statement(only is not None, bool(first)), params)
+    claimed = [ClaimedEmail(*row) for row in rows]
     session.commit()
     return Claim(token, sorted(claimed, key=lambda e: (-e.priority, e.id)), leased_at)
 
@@ -113,7 +132,7 @@ def backoff_seconds(attempts: int) -> float:
     return random.uniform(ceiling / 2, ceiling)
 
 
-def release(session: Session, emails: list[EmailQueue], token: str) -> None:
+def release(session: Session, emails: list[ClaimedEmail], token: str) -> None:
     """Hand back claimed emails that were not tried, without counting an attempt."""
     if not emails:
         return
@@ -132,7 +151,7 @@ def release(session: Session, emails: list[EmailQueue], token: str) -> None:
     session.commit()
 
 
-def renew(session: Session, claim: Claim, emails: list[EmailQueue]) -> bool:
+def renew(session: Session, claim: Claim, emails: list[ClaimedEmail]) -> bool:
     """A fresh lease for the claim's emails still to be sent, so a long batch never outlives its
     claim; False if any of them is no longer ours."""
     leased_at = time.monotonic()

@@ -30,7 +30,7 @@ from src import outages
 from src.config import settings
 from src.db import SessionLocal, UTCDateTime, insert_or_ignore, utcnow
 from src.emails.backends import Connection, DeliveryError, get_backend
-from src.emails.claims import Claim, backoff_seconds, claim, fail_abandoned, release, renew
+from src.emails.claims import Claim, ClaimedEmail, backoff_seconds, claim, fail_abandoned, release, renew
 from src.emails.connections import kept_connections
 from src.emails.models import EmailAttempt, EmailQueue, EmailStatus, Suppression
 from src.emails.suppressions import NewSuppression, address_key, suppressed_among
@@ -111,7 +111,7 @@ class OutcomeWriter:
         self.writes: list[Future[bool]] = []
         self.all_writes: list[Future[bool]] = []
 
-    def submit(self, email: EmailQueue, token: str, error: DeliveryError | None, started: float,
+    def submit(self, email: ClaimedEmail, token: str, error: DeliveryError | None, started: float,
                give_up_at: float) -> None:  # fmt: skip
         params = _outcome(email, token, error, started)
         write = _writer_thread().submit(self.recorder.record, email.id, params, give_up_at)
@@ -208,7 +208,7 @@ def _naive_utc(value: Any) -> Any:
     return value.astimezone(UTC).replace(tzinfo=None) if isinstance(value, datetime) else value
 
 
-def _outcome(email: EmailQueue, token: str, error: DeliveryError | None, started: float) -> dict[str, Any]:
+def _outcome(email: ClaimedEmail, token: str, error: DeliveryError | None, started: float) -> dict[str, Any]:
     now = utcnow()
     status, retry_at = EmailStatus.sent, None
     if error is None:
@@ -237,7 +237,7 @@ def _outcome(email: EmailQueue, token: str, error: DeliveryError | None, started
     }
 
 
-def _log_outcome(email: EmailQueue, error: DeliveryError | None) -> None:
+def _log_outcome(email: ClaimedEmail, error: DeliveryError | None) -> None:
     """One line per attempt, with the id of the request that queued the email: a status change can
     be followed from its request to the mail server's reply."""
     fields = {"email_id": email.id, "request_id": email.request_id}
@@ -247,7 +247,7 @@ def _log_outcome(email: EmailQueue, error: DeliveryError | None) -> None:
         log.warning("email %s attempt %d failed: %s", email.id, email.attempts, error.reason, extra=fields)
 
 
-def _rejection(email: EmailQueue, error: DeliveryError | None) -> dict[str, Any] | None:
+def _rejection(email: ClaimedEmail, error: DeliveryError | None) -> dict[str, Any] | None:
     """The suppression a server's lasting refusal of the address calls for, if it was one."""
     if error is None or not error.bad_address:
         return None
