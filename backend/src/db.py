@@ -127,7 +127,14 @@ def insert_or_ignore(session: Session | Connection, target: Any) -> Any:
     """INSERT ... ON CONFLICT DO NOTHING in the session's (or connection's) dialect: concurrent
     identical writes both succeed, once."""
     bind = session.get_bind() if isinstance(session, Session) else session
-    dialect_insert = postgresql.insert if bind.dialect.name == "postgresql" else sqlite.insert
+    return insert_or_ignore_in(bind.dialect.name, target)
+
+
+@functools.cache
+def insert_or_ignore_in(dialect_name: str, target: Any) -> Any:
+    """`insert_or_ignore()` for a dialect by name, built once: statements are immutable, and callers
+    derive theirs from it (`.values()`, `.returning()`)."""
+    dialect_insert = postgresql.insert if dialect_name == "postgresql" else sqlite.insert
     return dialect_insert(target).on_conflict_do_nothing()
 
 
