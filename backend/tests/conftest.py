@@ -9,6 +9,7 @@ Redis fails the run; elsewhere the tests needing it skip.
 import contextlib
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -133,8 +134,6 @@ def _settle_the_worker(timeout: float = 3.0) -> None:
     ones there until the visibility timeout; those are not waited for."""
     if "redis" in _problems:
         return
-    import time
-
     import redis
 
     with contextlib.suppress(redis.RedisError):  # a test left Redis stopped: nothing waits there

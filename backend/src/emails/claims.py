@@ -4,7 +4,7 @@ its lease expires; a crashed worker's claim simply expires and the email is due 
 import random
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import timedelta
 from functools import cache
 from typing import Any
@@ -39,7 +39,7 @@ class ClaimedEmail:
     request_id: str | None
 
 
-_CLAIMED_COLUMNS = [_queue.c[field] for field in ClaimedEmail.__slots__]
+_CLAIMED_COLUMNS = [_queue.c[field.name] for field in fields(ClaimedEmail)]  # in the fields' order
 
 
 @cache
