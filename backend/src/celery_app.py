@@ -131,7 +131,7 @@ def _send_request_id(headers: dict[str, Any], **_kwargs: Any) -> None:
 
 @signals.task_prerun.connect
 def _enter_request(task: Any, **_kwargs: Any) -> None:
-    logs.enter_request(getattr(task.request, "request_id", None))
+    logs.enter_request(getattr(task.request, "request_id", None), task.name, task.request.id)
 
 
 @signals.task_postrun.connect
