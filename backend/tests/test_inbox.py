@@ -1,5 +1,7 @@
 """The notification inbox API, in-process (no streams), on both databases."""
 
+import time
+
 from src.relay import relay
 
 
@@ -77,3 +79,35 @@ def test_a_notification_is_not_listed_or_read_before_it_is_published(client, mak
     publish_pending()
     [listed] = client.get("/api/notifications", headers=alice.headers).json()["items"]
     assert listed["id"] == notification.id and listed["read_at"] is None
+
+
+def test_a_burst_of_notifying_commits_is_numbered_in_few_runs_without_a_gap(client, make_user, make_org,
+                                                                            monkeypatch):  # fmt: skip
+    """Commits back to back, as busy requests make them: their notifications share spaced publishing
+    runs, and every one of them still gets its own seq, in id order, with no gap."""
+    from sqlalchemy import select
+
+    from src.db import SessionLocal
+    from src.notifications import service
+    from src.notifications.models import Notification
+
+    alice = make_user("alice")
+    org_id = make_org(alice)
+    assert relay.flush(5)
+    runs = []
+    publish = service.publish_pending
+    monkeypatch.setattr(service, "publish_pending", lambda: runs.append(1) or publish())
+    started = time.monotonic()
+    for i in range(40):
+        with SessionLocal() as session:
+            service.NotificationService.notify(session, org_id, [alice.id], "t", f"Number {i}")
+            session.commit()
+    committing = time.monotonic() - started
+    assert relay.flush(5)
+    with SessionLocal() as session:
+        burst = select(Notification.seq).where(Notification.type == "t").order_by(Notification.id)
+        seqs = list(session.scalars(burst))
+    assert len(seqs) == 40 and None not in seqs
+    assert seqs == list(range(seqs[0], seqs[0] + 40)), "numbered in id order, gapless"
+    most = committing / service.PUBLISH_SPACING_SECONDS + 2  # one at once, one per interval, one flushed
+    assert 1 <= len(runs) <= most, f"{len(runs)} publishing runs for 40 commits in {committing:.3f} s"

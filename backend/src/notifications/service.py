@@ -20,6 +20,7 @@ from src.notifications.models import Notification, NotificationRead, Notificatio
 from src.orgs.models import Membership
 from src.preferences.catalogue import CATALOGUE, EVENT_TYPE_OF_NOTIFICATION
 from src.redis_client import sync_redis
+from src.relay import Spaced
 from src.text import one_line
 
 log = logging.getLogger("herald.notifications")
@@ -137,7 +138,7 @@ class NotificationService:
         ]
         session.add_all(notifications)
         if notifications:
-            after_commit(session, publish_pending_quietly)
+            after_commit(session, _spaced_publish)
         return notifications
 
     @staticmethod
@@ -159,7 +160,7 @@ class NotificationService:
             data=data or {},
         )
         session.add(notification)
-        after_commit(session, publish_pending_quietly)
+        after_commit(session, _spaced_publish)
         return notification
 
     @staticmethod
@@ -331,6 +332,13 @@ _ADVANCE_SEQUENCE = (
 )
 
 
+# Publishing after a quiet spell goes at once; commits that follow within PUBLISH_SPACING_SECONDS are
+# numbered and published together by the next run. Each run costs its process ~1 ms of CPU and
+# PostgreSQL a transaction on the sequence's lock (three statements), whatever it publishes: at 50
+# changes/s a process ran one per change. A notification under a steady load waits at most 50 ms more.
+PUBLISH_SPACING_SECONDS = 0.05
+
+
 def publish_pending_quietly() -> None:
     """After-commit hook: publish now if possible; the beat job retries whatever this could not."""
     try:
@@ -341,6 +349,9 @@ def publish_pending_quietly() -> None:
             log.warning("notifications not published now (%s); the beat job will", exc)
         else:
             outage.failed(exc)
+
+
+_spaced_publish = Spaced(publish_pending_quietly, PUBLISH_SPACING_SECONDS)
 
 
 def publish_tick() -> None:

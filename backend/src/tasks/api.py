@@ -71,7 +71,9 @@ def get_task(task_id: PathId, user: CurrentUser, session: DbSession) -> TaskOut:
 
 @router.patch("/tasks/{task_id}")
 def update_task(task_id: PathId, body: TaskPatch, user: CurrentUser, session: DbSession) -> TaskOut:
-    return _own_task_out(session, user.id, service.update_task(session, task_id, user, body))
+    # Read in the change's own transaction: after its commit, the read would take another one.
+    muted = muted_among(session, user.id, [task_id])
+    return _task_out(service.update_task(session, task_id, user, body), task_id in muted)
 
 
 @router.post("/tasks/{task_id}/watchers/{user_id}")
