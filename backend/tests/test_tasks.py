@@ -25,10 +25,12 @@ def test_create_get_and_history(client, team):
 
     fetched = client.get(f"/api/tasks/{task['id']}", headers=carol.headers)
     assert fetched.status_code == 200 and fetched.json()["title"] == "Fix login"
+    assert fetched.json()["watcher_ids"] == [carol.id]
 
     for status in ("in_progress", "in_review", "done"):
         changed = client.patch(f"/api/tasks/{task['id']}", json={"status": status}, headers=bob.headers)
         assert changed.status_code == 200 and changed.json()["status"] == status
+        assert changed.json()["watcher_ids"] == [carol.id]
 
     events = client.get(f"/api/tasks/{task['id']}/events", headers=alice.headers).json()
     assert [(e["kind"], e["old_value"], e["new_value"], e["actor_id"]) for e in events] == [
@@ -218,3 +220,16 @@ def test_last_event_id_that_is_not_ours_is_ignored():
     assert _since("\u00b2", 5) == 5  # a digit to str.isdigit(), not to int()
     assert _since("9" * 19, 5) == 5  # past any seq
     assert _since(None, None) is None
+
+
+def test_a_page_of_tasks_shows_each_tasks_own_watchers(client, team):
+    org_id, alice, bob, carol = team
+    both = create(client, org_id, alice, watcher_ids=[carol.id, bob.id])
+    none = create(client, org_id, alice)
+    one = create(client, org_id, alice, watcher_ids=[bob.id])
+    page = client.get(f"/api/orgs/{org_id}/tasks", headers=alice.headers).json()["items"]
+    assert [(t["id"], t["watcher_ids"]) for t in page] == [
+        (one["id"], [bob.id]),
+        (none["id"], []),
+        (both["id"], sorted([bob.id, carol.id])),
+    ]

@@ -15,7 +15,7 @@ from src.validation import MAX_ID, PathId, QueryId
 router = APIRouter(tags=["tasks"])
 
 
-def _task_out(task: Task, muted: bool) -> TaskOut:
+def _task_out(task: Task, watchers: list[int], muted: bool) -> TaskOut:
     return TaskOut(
         id=task.id,
         org_id=task.org_id,
@@ -24,7 +24,7 @@ def _task_out(task: Task, muted: bool) -> TaskOut:
         status=task.status,
         assignee_id=task.assignee_id,
         reporter_id=task.reporter_id,
-        watcher_ids=[w.id for w in task.watchers],
+        watcher_ids=watchers,
         muted=muted,
         created_at=task.created_at,
         updated_at=task.updated_at,
@@ -32,7 +32,8 @@ def _task_out(task: Task, muted: bool) -> TaskOut:
 
 
 def _own_task_out(session: Session, user_id: int, task: Task) -> TaskOut:
-    return _task_out(task, task.id in muted_among(session, user_id, [task.id]))
+    watchers = service.watcher_ids(session, [task.id])[task.id]
+    return _task_out(task, watchers, task.id in muted_among(session, user_id, [task.id]))
 
 
 @router.post("/orgs/{org_id}/tasks", status_code=status.HTTP_201_CREATED, response_model=TaskOut)
@@ -43,7 +44,7 @@ def create_task(
         task = service.create_task(
             session, org_id, user, body.title, body.description, body.assignee_id, body.watcher_ids
         )
-        return _task_out(task, muted=False)
+        return _task_out(task, [w.id for w in task.watchers], muted=False)
 
     return idempotent.run(create)
 
@@ -60,7 +61,8 @@ def list_tasks(
 ) -> TaskPage:
     items, total = service.list_tasks(session, org_id, user, status, assignee_id, limit, offset)
     muted = muted_among(session, user.id, (t.id for t in items))
-    out = [_task_out(t, t.id in muted) for t in items]
+    watchers = service.watcher_ids(session, (t.id for t in items))
+    out = [_task_out(t, watchers[t.id], t.id in muted) for t in items]
     return TaskPage(items=out, total=total, limit=limit, offset=offset)
 
 
@@ -73,7 +75,8 @@ def get_task(task_id: PathId, user: CurrentUser, session: DbSession) -> TaskOut:
 def update_task(task_id: PathId, body: TaskPatch, user: CurrentUser, session: DbSession) -> TaskOut:
     # Read in the change's own transaction: after its commit, the read would take another one.
     muted = muted_among(session, user.id, [task_id])
-    return _task_out(service.update_task(session, task_id, user, body), task_id in muted)
+    task, watchers = service.update_task(session, task_id, user, body)
+    return _task_out(task, watchers, task_id in muted)
 
 
 @router.post("/tasks/{task_id}/watchers/{user_id}")
