@@ -2,10 +2,11 @@
 
 import functools
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any
 
+import anyio
 from sqlalchemy import Connection, DateTime, Dialect, Engine, Table, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DisconnectionError
@@ -144,18 +145,32 @@ def insert_ignoring_duplicates(session: Session, table: Table, rows: list[dict[s
     return len(session.execute(statement.returning(key)).all())  # rows really inserted
 
 
-def get_session() -> Iterator[Session]:
-    """A request's session. If the database dropped the connection under the request (a restart), the
-    closing ROLLBACK fails; there is nothing left to undo, so that is not the request's error (it would
-    surface after the response as an ASGI traceback), and the dead connection is discarded."""
+async def get_session() -> AsyncIterator[Session]:
+    """A request's session, made and, when it holds no connection, closed on the event loop: as a
+    sync dependency with `yield` it cost each request two more hops to a worker thread, the first a
+    wait for one of API_THREADS. One still in a transaction (a request that only read) is closed on a
+    worker thread, as its ROLLBACK waits on the database: shielded, so a client that leaves cannot
+    strand its connection, and outside API_THREADS, so it never waits for a request that waits for
+    a connection."""
     session = SessionLocal()
     try:
         yield session
     finally:
-        try:
-            session.close()
-        except outages.DATABASE_ERRORS:  # a ROLLBACK fails only when the connection is gone
-            session.invalidate()  # so the pool discards it instead of handing it out again
+        if session.in_transaction():
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(close_quietly, session, limiter=anyio.CapacityLimiter(1))
+        else:
+            session.close()  # nothing to give back: no I/O
+
+
+def close_quietly(session: Session) -> None:
+    """If the database dropped the connection under the request (a restart), the closing ROLLBACK
+    fails; there is nothing left to undo, so that is not the request's error (it would surface after
+    the response as an ASGI traceback), and the dead connection is discarded."""
+    try:
+        session.close()
+    except outages.DATABASE_ERRORS:  # a ROLLBACK fails only when the connection is gone
+        session.invalidate()  # so the pool discards it instead of handing it out again
 
 
 def after_commit(session: Session, callback: Callable[[], object]) -> None:

@@ -1,6 +1,7 @@
 """PostgreSQL going away under Herald: a private cluster the tests may stop and restart, a real API
 process, the real delivery path, a real SMTP sink."""
 
+import asyncio
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -157,14 +158,18 @@ def test_requests_answer_503_at_once_while_the_database_is_down(on_cluster, user
 def test_a_request_whose_connection_died_closes_its_session_quietly(on_cluster):
     """The restart race the 503 test can hit: the connection dies while a request holds it, and the
     session's closing ROLLBACK fails after the response. It must not surface as an ASGI error."""
-    sessions = herald_db.get_session()
-    session = next(sessions)
-    pid = session.execute(text("SELECT pg_backend_pid()")).scalar_one()
-    libpq = make_url(on_cluster.url).set(drivername="postgresql").render_as_string(hide_password=False)
-    with psycopg.connect(libpq, autocommit=True) as admin:
-        admin.execute("SELECT pg_terminate_backend(%s)", [pid])
-    with pytest.raises(StopIteration):
-        next(sessions)  # closing raised nothing
+
+    async def request() -> None:
+        sessions = herald_db.get_session()
+        session = await anext(sessions)
+        pid = session.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        libpq = make_url(on_cluster.url).set(drivername="postgresql").render_as_string(hide_password=False)
+        with psycopg.connect(libpq, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", [pid])
+        with pytest.raises(StopAsyncIteration):
+            await anext(sessions)  # closing raised nothing
+
+    asyncio.run(request())
     assert herald_db.engine is not None and herald_db.engine.pool.checkedout() == 0
     with SessionLocal() as fresh:
         assert fresh.execute(text("SELECT 1")).scalar_one() == 1
