@@ -39,11 +39,10 @@ def resolve(channel: Channel, user_value: str | None, org_value: str | None) -> 
 
 _RECIPIENT_IDS = bindparam("user_ids", expanding=True)
 # Built once: built per call, this statement's construction cost more CPU than its execution.
-_OWN = NotificationPreference
 _CHOICES = union_all(
-    select(_OWN.user_id, _OWN.channel, _OWN.value).where(
-        _OWN.user_id.in_(_RECIPIENT_IDS), _OWN.event_type == bindparam("event_type")
-    ),
+    select(NotificationPreference.user_id, NotificationPreference.channel, NotificationPreference.value)
+    .where(NotificationPreference.user_id.in_(_RECIPIENT_IDS))
+    .where(NotificationPreference.event_type == bindparam("event_type")),
     select(null(), OrgNotificationDefault.channel, OrgNotificationDefault.value).where(
         OrgNotificationDefault.org_id == bindparam("org_id"),
         OrgNotificationDefault.event_type == bindparam("event_type"),

@@ -31,9 +31,13 @@ def _task_out(task: Task, watchers: list[int], muted: bool) -> TaskOut:
     )
 
 
-def _own_task_out(session: Session, user_id: int, task: Task) -> TaskOut:
-    watchers = service.watcher_ids(session, [task.id])[task.id]
+def _own_task_out(session: Session, user_id: int, task: Task, watchers: list[int]) -> TaskOut:
     return _task_out(task, watchers, task.id in muted_among(session, user_id, [task.id]))
+
+
+def _loaded_watchers(task: Task) -> list[int]:
+    """The watchers of a task whose `watchers` the service just loaded or changed: no query."""
+    return sorted(w.id for w in task.watchers)
 
 
 @router.post("/orgs/{org_id}/tasks", status_code=status.HTTP_201_CREATED, response_model=TaskOut)
@@ -44,7 +48,7 @@ def create_task(
         task = service.create_task(
             session, org_id, user, body.title, body.description, body.assignee_id, body.watcher_ids
         )
-        return _task_out(task, [w.id for w in task.watchers], muted=False)
+        return _task_out(task, _loaded_watchers(task), muted=False)
 
     return idempotent.run(create)
 
@@ -68,7 +72,8 @@ def list_tasks(
 
 @router.get("/tasks/{task_id}")
 def get_task(task_id: PathId, user: CurrentUser, session: DbSession) -> TaskOut:
-    return _own_task_out(session, user.id, service.get_task(session, task_id, user))
+    task = service.get_task(session, task_id, user)
+    return _own_task_out(session, user.id, task, service.watcher_ids(session, [task.id])[task.id])
 
 
 @router.patch("/tasks/{task_id}")
@@ -81,12 +86,14 @@ def update_task(task_id: PathId, body: TaskPatch, user: CurrentUser, session: Db
 
 @router.post("/tasks/{task_id}/watchers/{user_id}")
 def add_watcher(task_id: PathId, user_id: PathId, user: CurrentUser, session: DbSession) -> TaskOut:
-    return _own_task_out(session, user.id, service.set_watching(session, task_id, user, user_id, watch=True))
+    task = service.set_watching(session, task_id, user, user_id, watch=True)
+    return _own_task_out(session, user.id, task, _loaded_watchers(task))
 
 
 @router.delete("/tasks/{task_id}/watchers/{user_id}")
 def remove_watcher(task_id: PathId, user_id: PathId, user: CurrentUser, session: DbSession) -> TaskOut:
-    return _own_task_out(session, user.id, service.set_watching(session, task_id, user, user_id, watch=False))
+    task = service.set_watching(session, task_id, user, user_id, watch=False)
+    return _own_task_out(session, user.id, task, _loaded_watchers(task))
 
 
 def _mute(session: Session, task_id: int, user: CurrentUser, muted: bool) -> MuteOut:
