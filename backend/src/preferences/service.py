@@ -164,10 +164,14 @@ def set_muted(session: Session, task_id: int, user_id: int, muted: bool) -> None
         session.execute(delete(TaskMute).where(TaskMute.task_id == task_id, TaskMute.user_id == user_id))
 
 
+_MUTED = select(TaskMute.task_id).where(
+    TaskMute.user_id == bindparam("user_id"), TaskMute.task_id.in_(bindparam("task_ids", expanding=True))
+)
+
+
 def muted_among(session: Session, user_id: int, task_ids: Iterable[int]) -> set[int]:
     """Which of these tasks the user muted: one query, for a task or a page of them."""
-    ids = set(task_ids)
+    ids = sorted(set(task_ids))
     if not ids:
         return set()
-    mutes = select(TaskMute.task_id).where(TaskMute.user_id == user_id, TaskMute.task_id.in_(ids))
-    return set(session.scalars(mutes))
+    return set(session.scalars(_MUTED, {"user_id": user_id, "task_ids": ids}))
