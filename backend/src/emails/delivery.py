@@ -33,7 +33,7 @@ from src.emails.backends import Connection, DeliveryError, get_backend
 from src.emails.claims import Claim, ClaimedEmail, backoff_seconds, claim, fail_abandoned, release, renew
 from src.emails.connections import kept_connections
 from src.emails.models import EmailAttempt, EmailQueue, EmailStatus, Suppression
-from src.emails.suppressions import NewSuppression, address_key, suppressed_among
+from src.emails.suppressions import NewSuppression, Suppressed, address_key, suppressed_among
 
 log = logging.getLogger("herald.emails")
 _DATABASE_ERRORS = (*outages.DATABASE_ERRORS, psycopg.OperationalError, psycopg.InterfaceError)
@@ -90,7 +90,7 @@ _MARK_AND_LOG = str(
 class AddressSuppressed(DeliveryError):
     """Not an error of the server's: the email was not sent, as its address is suppressed."""
 
-    def __init__(self, suppression: Suppression) -> None:
+    def __init__(self, suppression: Suppressed) -> None:
         since = suppression.created_at.isoformat(timespec="seconds")
         detail = f": {suppression.detail}" if suppression.detail else ""
         reason = f"not sent: the address is suppressed since {since} ({suppression.reason}{detail})"
@@ -294,7 +294,7 @@ def send_claimed(session: Session, claim: Claim) -> Delivery:
             _log_outcome(email, error)
             rejection = _rejection(email, error)
             if rejection is not None:  # the rest of this batch to that address is suppressed too
-                suppressed[rejection["email"]] = Suppression(**rejection)
+                suppressed[rejection["email"]] = Suppressed(**rejection)
             if error is None:
                 delivery.sent += 1
             elif error.broken and index == 0:

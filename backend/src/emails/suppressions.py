@@ -7,9 +7,10 @@ and emails already `suppressed` stay so unless retried (`EmailService.retry`).
 """
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, delete, func, select
+from sqlalchemy import ColumnElement, bindparam, delete, func, select
 from sqlalchemy.orm import Session
 
 from src.auth.models import User
@@ -49,12 +50,31 @@ def suppress(session: Session, suppressions: list[NewSuppression]) -> int:
     return insert_ignoring_duplicates(session, Suppression.__table__, rows) if rows else 0
 
 
-def suppressed_among(session: Session, addresses: list[str]) -> dict[str, Suppression]:
+@dataclass(frozen=True, slots=True)
+class Suppressed:
+    """What delivery says of an address it does not send to."""
+
+    email: str
+    reason: str
+    detail: str
+    created_at: datetime
+
+
+_table = Suppression.__table__
+# Built once and run in Core: every wake-up of a worker runs it, and as an ORM query built per call
+# it took a fifth of the CPU a worker process spends on a wake-up.
+_SUPPRESSED = select(_table.c.email, _table.c.reason, _table.c.detail, _table.c.created_at).where(
+    _table.c.email.in_(bindparam("keys", expanding=True))
+)
+
+
+def suppressed_among(session: Session, addresses: list[str]) -> dict[str, Suppressed]:
     """The suppressions of these addresses, by `address_key`."""
-    keys = {address_key(a) for a in addresses}
+    keys = sorted({address_key(a) for a in addresses})
     if not keys:
         return {}
-    return {s.email: s for s in session.scalars(select(Suppression).where(Suppression.email.in_(keys)))}
+    rows = session.connection().execute(_SUPPRESSED, {"keys": keys})
+    return {row.email: Suppressed(*row) for row in rows}
 
 
 def _of_org(org_id: int) -> ColumnElement[bool]:
