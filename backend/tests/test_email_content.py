@@ -83,7 +83,62 @@ def test_the_smtp_policy_folds_headers_exactly_as_compat32(value):
 
     from src.emails.mime import _SMTP_COMPAT32
 
-    assert _SMTP_COMPAT32.fold("Subject", value) == compat32.clone(linesep="\r\n").fold("Subject", value)
+    as_string_writes = compat32.clone(linesep="\r\n", max_line_length=0)  # Message.as_string()'s
+    assert _SMTP_COMPAT32.fold("Subject", value) == as_string_writes.fold("Subject", value)
+
+
+def _composed_by_the_stdlib(message: str, **fields) -> str:
+    """The message the `email.mime` classes and their generator write for the same fields and boundary."""
+    from email.charset import QP, Charset
+    from email.mime.multipart import MIMEMultipart
+    from email.mime.text import MIMEText
+    from email.policy import compat32
+    from email.utils import format_datetime, formataddr
+
+    from src.config import settings
+    from src.emails.mime import _header
+
+    utf8_qp = Charset("utf-8")
+    utf8_qp.header_encoding = utf8_qp.body_encoding = QP
+    boundary = message_from_bytes(message.encode()).get_boundary()
+    reference = plain = MIMEText(fields["body_text"], "plain", utf8_qp)
+    if fields["body_html"]:
+        reference = MIMEMultipart("alternative", boundary=boundary)
+        reference.attach(plain)
+        reference.attach(MIMEText(fields["body_html"], "html", utf8_qp))
+    reference["From"] = formataddr((settings.smtp_from_name, settings.smtp_from_email), charset="utf-8")
+    reference["To"] = formataddr((fields["to_name"], fields["to_email"]), charset="utf-8")
+    reference["Subject"] = _header(fields["subject"])
+    reference["Message-ID"] = fields["message_id"]
+    reference["Date"] = format_datetime(fields["date"])
+    for name, value in (fields["headers"] or {}).items():
+        reference[name] = value
+    return reference.as_string(policy=compat32.clone(linesep="\r\n"))
+
+
+def test_messages_are_byte_for_byte_what_the_email_mime_classes_write():
+    """Herald writes the MIME layout around the stdlib's encodings itself: it must not differ by a byte."""
+    import random
+    from datetime import UTC, datetime
+
+    from src.emails.mime import compose_message
+
+    rng = random.Random(7)
+    characters = "ab XY.\t=-<>&\"'é…Å€😀\u2028\x85\x0b\x00\x7f" + "y" * 12  # and line breaks in bodies
+    text = lambda most: "".join(rng.choice(characters) for _ in range(rng.randint(0, most)))  # noqa: E731
+    for i in range(400):
+        fields = {
+            "to_email": "ada@example.com",
+            "to_name": text(40),
+            "subject": text(200) or "S",
+            "body_text": text(600).replace("y", "\n", rng.randint(0, 9)).replace("b", "\r", 2),
+            "body_html": [None, "", f"<p>{text(300)}</p>\n"][i % 3],
+            "message_id": f"<{i}@herald.example>",
+            "date": datetime(2026, 11, 30, 12, i % 60, tzinfo=UTC),
+            "headers": {"List-Unsubscribe": f"<https://h/u/{'t' * rng.randint(0, 120)}>"} if i % 2 else None,
+        }
+        message = compose_message(**fields)
+        assert message == _composed_by_the_stdlib(message, **fields), fields
 
 
 def test_a_multipart_boundary_never_occurs_in_its_parts(db):

