@@ -235,6 +235,20 @@ def test_streams_refuse_missing_bad_and_expired_tokens(servers, team):
         WsClient(f"ws://127.0.0.1:{b.port}/api/ws/notifications?token={expired}")
     with pytest.raises(Exception, match="401"):
         WsClient(f"ws://127.0.0.1:{b.port}/api/ws/notifications")
+    # Signed here and unexpired, for a user who does not exist (any more).
+    nobody = create_token(10**9, "stream", timedelta(minutes=5))
+    response = httpx.get(f"{b.url}/api/notifications/stream?token={nobody}", timeout=5)
+    assert response.status_code == 401 and response.json()["detail"] == "invalid or expired token"
+    with pytest.raises(Exception, match="401"):
+        WsClient(f"ws://127.0.0.1:{b.port}/api/ws/notifications?token={nobody}")
+
+
+def test_a_user_in_no_organization_opens_a_stream(servers, make_user):
+    _api_a, b = servers
+    loner = make_user("loner")
+    stream = SseClient(stream_url(b, loner))
+    assert stream.next("unread_count", timeout=10)["data"] == {"count": 0}
+    stream.close()
 
 
 def test_celery_tasks_send_and_broadcast(servers, team, worker):

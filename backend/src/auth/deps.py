@@ -20,13 +20,24 @@ def unauthorized(detail: str) -> HTTPException:
     return HTTPException(status.HTTP_401_UNAUTHORIZED, detail=detail, headers={"WWW-Authenticate": "Bearer"})
 
 
-def user_from_token(session: Session, token: str | None, purpose: str = "access") -> User:
+INVALID_TOKEN = "invalid or expired token"
+
+
+def token_user_id(token: str | None, purpose: str = "access") -> int:
+    """The user id a valid token names; 401 for a missing, forged or expired one. Whether the user
+    still exists is for the caller's query to say (`INVALID_TOKEN` if not)."""
     if not token:
         raise unauthorized("missing bearer token")
     user_id = decode_token(token, purpose)
-    user = session.get(User, user_id) if user_id is not None else None
+    if user_id is None:
+        raise unauthorized(INVALID_TOKEN)
+    return user_id
+
+
+def user_from_token(session: Session, token: str | None, purpose: str = "access") -> User:
+    user = session.get(User, token_user_id(token, purpose))
     if user is None:
-        raise unauthorized("invalid or expired token")
+        raise unauthorized(INVALID_TOKEN)
     return user
 
 

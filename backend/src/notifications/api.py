@@ -10,7 +10,7 @@ from fastapi import APIRouter, Header, HTTPException, Query, Request, WebSocket,
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from src.auth.deps import CurrentUser, DbSession, user_from_token
+from src.auth.deps import INVALID_TOKEN, CurrentUser, DbSession, token_user_id, unauthorized
 from src.auth.security import create_token
 from src.config import settings
 from src.db import SessionLocal, outside_transaction
@@ -105,13 +105,15 @@ def _stream_start(authorization: str | None, query_string: bytes) -> live.Stream
 
     Uses its own short session: a stream lives for hours and must not hold a connection.
     """
-    token = _query_token(query_string)
+    if authorization and authorization.lower().startswith("bearer "):
+        user_id = token_user_id(authorization[7:].strip())
+    else:
+        user_id = token_user_id(_query_token(query_string), purpose="stream")
     with outside_transaction(SessionLocal()) as session:
-        if authorization and authorization.lower().startswith("bearer "):
-            user = user_from_token(session, authorization[7:].strip())
-        else:
-            user = user_from_token(session, token, purpose="stream")
-        return live.stream_start(session, user.id)
+        start = live.stream_start(session, user_id)
+    if start is None:
+        raise unauthorized(INVALID_TOKEN)
+    return start
 
 
 StreamPosition = Annotated[int | None, Query(ge=0, le=MAX_SEQ)]
