@@ -113,7 +113,8 @@ app.build_middleware_stack = lambda: DirectBody(_build_middleware_stack())  # ty
 
 api = APIRouter(prefix="/api")
 # Routes are matched in this order, one by one. The notification streams come first: thousands open
-# at once when a process restarts, and matching the routes before them cost 6 % of the CPU an API process spends opening one.
+# at once when a process restarts, and matching the routes before them cost 6 % of the CPU an API
+# process spends opening one.
 for router in (
     notifications_router,
     notifications_ws_router,
