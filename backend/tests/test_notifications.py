@@ -217,6 +217,23 @@ def test_unread_count_on_the_stream_matches_the_api(servers, team):
     stream.close()
 
 
+def test_a_stream_starts_from_the_unread_count_of_every_org_the_user_is_in(servers, team, make_org):
+    api_a, b = servers
+    org_id, task, alice, bob, _carol = team
+    second_org, not_bobs_org = make_org(alice, bob), make_org(alice)
+    for org in (org_id, second_org, not_bobs_org):
+        response = api_a.post(f"/api/orgs/{org}/announcements", json={"title": "News"}, headers=alice.headers)
+        assert response.status_code == 201, response.text
+    move(api_a, task, alice, "in_progress")  # Bob watches the task
+    # His two invitations (accepted, so read), the announcements of his two organizations and the
+    # change; not the third organization's announcement.
+    assert len(published_inbox(api_a, bob, 5, timeout=10)) == 5
+    assert unread_via_api(api_a, bob) == 3
+    stream = SseClient(stream_url(b, bob))
+    assert stream.next("unread_count", timeout=10)["data"]["count"] == 3
+    stream.close()
+
+
 def test_streams_refuse_missing_bad_and_expired_tokens(servers, team):
     _api_a, b = servers
     _org, _task, _alice, bob, _carol = team

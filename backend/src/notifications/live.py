@@ -27,18 +27,16 @@ from types import FrameType
 from typing import Any
 
 import redis
-from sqlalchemy import bindparam, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from src import outages
-from src.auth.models import User
 from src.config import settings
 from src.db import SessionLocal
 from src.notifications.models import NotificationSequence
 from src.notifications.send_watch import SendWatch
 from src.notifications.service import CHANNEL, NotificationService, last_seq
-from src.orgs.models import Membership
 from src.redis_client import async_redis
 
 log = logging.getLogger("herald.live")
@@ -348,24 +346,10 @@ class StreamStart:
     watermark: int  # the highest seq given out when `unread` was counted
 
 
-# The user and their organizations in one statement built once: a row per membership, one with no
-# organization for a user in none, none at all for a user who is gone. Loading the `User` entity and
-# then the memberships took a third of the CPU an API process spends opening a stream.
-_STREAMER = (
-    select(User.id, Membership.org_id)
-    .outerjoin(Membership, Membership.user_id == User.id)
-    .where(User.id == bindparam("user_id"))
-)
-
-
 def stream_start(session: Session, user_id: int) -> StreamStart | None:
     """What the user's stream starts from; None if the user no longer exists."""
-    memberships = session.execute(_STREAMER, {"user_id": user_id}).all()
-    if not memberships:
-        return None
-    unread, watermark = NotificationService.unread_snapshot(session, user_id)
-    org_ids = frozenset(org_id for _, org_id in memberships if org_id is not None)
-    return StreamStart(user_id, org_ids, unread, watermark)
+    snapshot = NotificationService.stream_snapshot(session, user_id)
+    return None if snapshot is None else StreamStart(user_id, *snapshot)
 
 
 _JSON = json.JSONEncoder(separators=(",", ":"))  # one: json.dumps with options builds one per call
