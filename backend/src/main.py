@@ -1,6 +1,6 @@
 """The ASGI app: `uvicorn src.main:app` from `backend/`."""
 
-import gc
+import asyncio
 import logging
 import re
 from collections.abc import AsyncIterator
@@ -12,7 +12,7 @@ import anyio.to_thread
 from fastapi import APIRouter, FastAPI
 from fastapi_offline import FastAPIOffline
 
-from src import logs
+from src import gc_pacing, logs
 from src.admission import AdmissionLimit
 from src.auth.api import router as auth_router
 from src.config import settings
@@ -61,10 +61,6 @@ def _redact_token(match: re.Match[str]) -> str:
     return f"{name}[redacted]" if unquote_plus(name[1:-1]).strip().lower() == "token" else match.group(0)
 
 
-GC_YOUNG_THRESHOLD = 10_000  # allocations between young collections (Python's default: 700)
-GC_MIDDLE_THRESHOLD = 2  # young collections between middle-generation ones (Python's default: 10)
-
-
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     for name in ("uvicorn.access", "uvicorn.error"):
@@ -74,18 +70,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     fold_outage_tracebacks(logging.getLogger("uvicorn.error"))
     # Sync endpoints run on this many threads; the pool has a connection for each (see src.db).
     anyio.to_thread.current_default_thread_limiter().total_tokens = settings.api_threads
-    # Each open stream keeps ~225 objects the cyclic GC tracks, and a full collection walks them all,
-    # stopping every stream: 0.37 s at 3,000 streams here. With Python's default (700) one ran each
-    # time the heap grew by a quarter, so a broadcast often waited for one (bench-live's p99); now at
-    # most once per million allocations. A middle-generation collection walks what survived the
-    # young ones since the last: every second young collection, so a wave of new streams is walked
-    # in small steps (5-7 ms at 5,000 streams), not in one 80 ms pause every tenth.
-    gc.set_threshold(GC_YOUNG_THRESHOLD, GC_MIDDLE_THRESHOLD, 10)
+    gc_pacing.configure()
+    collector = asyncio.create_task(gc_pacing.collect_when_quiet(), name="herald-gc")
     app.state.hub = LiveHub()
     await app.state.hub.start()
     app.state.hub.drain_on_exit_signals()
     yield
     await app.state.hub.stop()
+    collector.cancel()
 
 
 _APP: dict[str, Any] = {
