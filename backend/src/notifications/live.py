@@ -103,6 +103,7 @@ class LiveHub:
         # Redis restart: without it, the first command after one fails (a transaction too).
         self._redis = async_redis(retry_on_error=[redis.ConnectionError])
         self._forgetting: set[asyncio.Task[None]] = set()
+        self._list_stream = self._redis.register_script(_LIST_STREAM)
         self.send_watch = SendWatch(settings.live_send_timeout)
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -284,12 +285,9 @@ class LiveHub:
             return  # Redis is unreachable (or not yet subscribed): per process only
         key = _streams_key(subscriber.user_id)
         try:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.zadd(key, {subscriber.id: subscriber.opened})
-                pipe.zrange(key, 0, -limit - 1)
-                pipe.zremrangebyrank(key, 0, -limit - 1)
-                pipe.expire(key, STREAM_LIST_SECONDS)
-                _added, evicted, _removed, _expiring = await pipe.execute()
+            evicted = await self._list_stream(
+                keys=[key], args=[subscriber.opened, subscriber.id, limit, STREAM_LIST_SECONDS]
+            )
             if evicted:
                 message = {
                     "kind": "close_streams",
@@ -319,6 +317,18 @@ class LiveHub:
             task = asyncio.create_task(self._forget(subscriber))
             self._forgetting.add(task)
             task.add_done_callback(self._forgetting.discard)
+
+
+# List a stream in its user's set, trim the set to the newest ARGV[3] and return the ids trimmed off:
+# atomic, and one command where a MULTI/EXEC pipeline of four took 17 % of the CPU opening a stream.
+_LIST_STREAM = """
+redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
+local last = -tonumber(ARGV[3]) - 1
+local evicted = redis.call('ZRANGE', KEYS[1], 0, last)
+if #evicted > 0 then redis.call('ZREMRANGEBYRANK', KEYS[1], 0, last) end
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+return evicted
+"""
 
 
 def _streams_key(user_id: int) -> str:
@@ -397,7 +407,9 @@ async def events(hub: LiveHub, start: StreamStart, since: int | None) -> AsyncIt
             if payload["seq"] > watermark and payload["seq"] not in counted_after_watermark:
                 counted_after_watermark.add(payload["seq"])
                 unread += 1
-                out.append({"event": "unread_count", "data": {"count": unread}})
+                # Its JSON written here: encoding {"count": n} was 8 % of a broadcast's CPU (py-spy).
+                count_json = f'{{"count":{unread}}}'
+                out.append({"event": "unread_count", "data": {"count": unread}, "json": count_json})
             return out
 
         # Carrying an id, so even a client that gets no notification before it reconnects resumes
