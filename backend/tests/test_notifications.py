@@ -398,12 +398,70 @@ def test_without_redis_the_stream_limit_holds_per_process(monkeypatch):
         subscribers = []
         for _ in range(3):
             subscribers.append(hub.subscribe(1, set()))
-            await hub.limit_streams(subscribers[-1])
+            hub.limit_streams(subscribers[-1])
         return subscribers
 
     oldest, *newer = asyncio.run(open_three())
     assert oldest.closing and oldest.reason == TOO_MANY_STREAMS
     assert not any(s.closing for s in newer)
+
+
+def test_streams_opened_together_are_listed_in_one_call_and_each_user_keeps_the_newest(
+    monkeypatch, redis_url
+):
+    """Two processes' hubs (one Redis): what one process opens within LIST_DELAY is listed in one
+    script call, a user's two new streams in it included, and each user keeps the newest two."""
+    import asyncio
+    import json
+
+    import redis
+
+    from src.notifications.live import CHANNEL, LIST_DELAY, TOO_MANY_STREAMS, LiveHub, settings
+
+    monkeypatch.setattr(settings, "streams_per_user", 2)
+    store = redis.Redis.from_url(redis_url)
+    store.delete("herald:streams:7001", "herald:streams:7002")
+    listener = store.pubsub(ignore_subscribe_messages=True)
+    listener.subscribe(CHANNEL)
+
+    def script_calls() -> int:
+        stats = store.info("commandstats").get("cmdstat_evalsha", {})
+        return stats.get("calls", 0) - stats.get("failed_calls", 0) - stats.get("rejected_calls", 0)
+
+    calls_before = script_calls()
+
+    async def scenario() -> tuple[list, list]:
+        older, newer = LiveHub(), LiveHub()
+        for hub in (older, newer):
+            hub.connected.set()  # as if subscribed: list in Redis
+        first = [older.subscribe(7001, frozenset()) for _ in range(2)]
+        for subscriber in first:
+            older.limit_streams(subscriber)
+        await asyncio.sleep(3 * LIST_DELAY)
+        second = [newer.subscribe(user_id, frozenset()) for user_id in (7001, 7001, 7002)]
+        for subscriber in second:
+            newer.limit_streams(subscriber)
+        await asyncio.sleep(3 * LIST_DELAY)
+        for hub in (older, newer):
+            await hub.stop()
+        return first, second
+
+    first, second = asyncio.run(scenario())
+    assert script_calls() - calls_before == 2  # one per process
+    listed = {user: store.zrange(f"herald:streams:{user}", 0, -1) for user in (7001, 7002)}
+    assert listed == {
+        7001: [second[0].id.encode(), second[1].id.encode()],
+        7002: [second[2].id.encode()],
+    }
+    closings, deadline = [], time.monotonic() + 5
+    while sum(len(c["stream_ids"]) for c in closings) < 2 and time.monotonic() < deadline:
+        if message := listener.get_message(timeout=0.2):
+            closings.append(json.loads(message["data"]))
+    # A close for every older stream, in every process: each new stream of 7001 trimmed one off.
+    closed = sorted(stream_id for c in closings for stream_id in c["stream_ids"])
+    assert closed == sorted(s.id for s in first)
+    assert {(c["user_id"], c["reason"]) for c in closings} == {(7001, TOO_MANY_STREAMS)}
+    listener.close()
 
 
 def test_reads_outside_a_transaction_leave_the_pooled_connection_transactional(db):
