@@ -464,6 +464,34 @@ def test_streams_opened_together_are_listed_in_one_call_and_each_user_keeps_the_
     listener.close()
 
 
+def test_a_stream_that_ends_before_it_is_listed_leaves_no_entry_to_count_against_its_user(redis_url):
+    """Opened and gone within LIST_DELAY: its removal must not overtake its listing in Redis, or the
+    leftover entry would count as one of the user's streams and could close a live one."""
+    import asyncio
+
+    import redis
+
+    from src.notifications.live import LIST_DELAY, LiveHub
+
+    store = redis.Redis.from_url(redis_url)
+    store.delete("herald:streams:7003")
+
+    async def scenario() -> None:
+        hub = LiveHub()
+        hub.connected.set()  # as if subscribed: list in Redis
+        brief, lasting = hub.subscribe(7003, frozenset()), hub.subscribe(7003, frozenset())
+        for subscriber in (brief, lasting):
+            hub.limit_streams(subscriber)
+        hub.unsubscribe(brief)  # before the listing
+        await asyncio.sleep(1.5 * LIST_DELAY)  # the listing is on its way
+        hub.unsubscribe(lasting)  # while it may still be in flight
+        await asyncio.sleep(4 * LIST_DELAY)
+        await hub.stop()
+
+    asyncio.run(scenario())
+    assert store.zrange("herald:streams:7003", 0, -1) == []
+
+
 def test_reads_outside_a_transaction_leave_the_pooled_connection_transactional(db):
     """A stream's start reads without BEGIN and ROLLBACK on PostgreSQL; the connection it returns to
     the pool must not carry that over to the next request's transaction."""

@@ -104,9 +104,11 @@ class LiveHub:
         # Commands; the subscription has its own connection. Retried on a fresh connection after a
         # Redis restart: without it, the first command after one fails (a transaction too).
         self._redis = async_redis(retry_on_error=[redis.ConnectionError])
-        self._forgetting: set[asyncio.Task[None]] = set()
-        self._unlisted: list[Subscriber] = []  # opened, not yet in their users' sets in Redis
-        self._listing: asyncio.Task[None] | None = None
+        # Streams to add to (opened) and remove from (ended) their users' sets in Redis, by one task
+        # at a time, so a removal never overtakes its stream's listing.
+        self._to_list: list[Subscriber] = []
+        self._to_forget: list[Subscriber] = []
+        self._syncing: asyncio.Task[None] | None = None
         self._list_streams = self._redis.register_script(_LIST_STREAMS)
         self.send_watch = SendWatch(settings.live_send_timeout)
 
@@ -157,10 +159,8 @@ class LiveHub:
             self._pings.cancel()
             await asyncio.gather(self._pings, return_exceptions=True)
         await self.send_watch.stop()
-        if self._listing:
-            self._listing.cancel()
-            await asyncio.gather(self._listing, return_exceptions=True)
-        await asyncio.gather(*self._forgetting, return_exceptions=True)
+        if self._syncing:  # the drained streams' entries go with them
+            await asyncio.gather(self._syncing, return_exceptions=True)
         await self._redis.aclose()
 
     async def _ping_quiet_streams(self) -> None:
@@ -291,16 +291,29 @@ class LiveHub:
             oldest.close(TOO_MANY_STREAMS)
         if not self.connected.is_set():
             return  # Redis is unreachable (or not yet subscribed): per process only
-        self._unlisted.append(subscriber)
-        if self._listing is None:
-            self._listing = asyncio.create_task(self._list_new_streams())
+        self._to_list.append(subscriber)
+        self._sync_stream_lists_soon()
 
-    async def _list_new_streams(self) -> None:
-        """List the streams opened in the last LIST_DELAY in one script call, and have every process
-        close the streams that trimmed off. One call per stream took 11 % of the CPU opening one."""
-        await asyncio.sleep(LIST_DELAY)
-        batch = [subscriber for subscriber in self._unlisted if not subscriber.closing]
-        self._unlisted, self._listing = [], None
+    def _sync_stream_lists_soon(self) -> None:
+        if self._syncing is None:
+            self._syncing = asyncio.create_task(self._sync_stream_lists())
+
+    async def _sync_stream_lists(self) -> None:
+        """Every LIST_DELAY while there is work: list the streams opened since, in one script call,
+        have every process close the streams that trimmed off, and remove the streams that ended.
+        One call per stream opened took 11 % of the CPU opening one."""
+        try:
+            while self._to_list or self._to_forget:
+                await asyncio.sleep(LIST_DELAY)
+                opened, ended = self._to_list, self._to_forget
+                self._to_list, self._to_forget = [], []
+                both = set(opened) & set(ended)  # opened and ended in one round: nothing to tell Redis
+                await self._list([s for s in opened if s not in both and not s.closing])
+                await self._forget([s for s in ended if s not in both])
+        finally:
+            self._syncing = None
+
+    async def _list(self, batch: list[Subscriber]) -> None:
         if not batch:
             return
         args: list[Any] = [settings.streams_per_user, STREAM_LIST_SECONDS]
@@ -320,9 +333,14 @@ class LiveHub:
         except redis.RedisError as exc:
             log.warning("%d new streams limited in this process only: %r", len(batch), exc)
 
-    async def _forget(self, subscriber: Subscriber) -> None:
-        with contextlib.suppress(redis.RedisError):
-            await self._redis.zrem(_streams_key(subscriber.user_id), subscriber.id)
+    async def _forget(self, batch: list[Subscriber]) -> None:
+        if not batch:
+            return
+        with contextlib.suppress(redis.RedisError):  # an entry left behind is trimmed first
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for subscriber in batch:
+                    pipe.zrem(_streams_key(subscriber.user_id), subscriber.id)
+                await pipe.execute()
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
         for index, key in [
@@ -334,10 +352,9 @@ class LiveHub:
                 members.discard(subscriber)
                 if not members:
                     del index[key]
-        if self.connected.is_set():  # off the stream's path; an entry left behind is trimmed first
-            task = asyncio.create_task(self._forget(subscriber))
-            self._forgetting.add(task)
-            task.add_done_callback(self._forgetting.discard)
+        if self.connected.is_set():  # off the stream's path
+            self._to_forget.append(subscriber)
+            self._sync_stream_lists_soon()
 
 
 # For each new stream (KEYS[i], its user's set; ARGV[2i+1], ARGV[2i+2]: when it opened, its id): list
