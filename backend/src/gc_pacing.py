@@ -38,7 +38,8 @@ async def collect_when_quiet() -> None:
     cpu = time.process_time()
     while True:
         await asyncio.sleep(QUIET_SECONDS)
-        used, cpu = time.process_time() - cpu, time.process_time()
+        now = time.process_time()
+        used, cpu = now - cpu, now
         young, middle, old = gc.get_count()
         if used < QUIET_CPU * QUIET_SECONDS and (middle or young >= YOUNG_LEFT):
             # A middle collection counts towards the full one, explicit or not: once that many
