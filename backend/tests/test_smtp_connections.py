@@ -69,3 +69,63 @@ def test_an_unused_connection_is_closed_after_smtp_idle_seconds(private_sink, mo
     started = time.monotonic()
     wait_until(lambda: private_sink.handler.quits == 1, timeout=5, message="the idle connection closed")
     assert time.monotonic() - started >= 0.3  # kept a while, not closed at once
+
+
+# --- RFC 2920 pipelining: MAIL, RCPT and DATA in one write when the server advertises it -----------
+
+
+def envelope_arrivals(sink):
+    """For each MAIL the server reads: whether RCPT and DATA had already arrived behind it."""
+    seen = []
+
+    async def handle_MAIL(server, session, envelope, address, options):
+        seen.append(b"RCPT TO:" in server._reader._buffer and b"DATA\r\n" in server._reader._buffer)
+        envelope.mail_from = address
+        return "250 OK"
+
+    sink.handler.handle_MAIL = handle_MAIL
+    return seen
+
+
+@pytest.mark.parametrize("pipelining", [True, False])
+def test_the_envelope_is_pipelined_only_to_a_server_that_advertises_it(private_sink, pipelining):
+    private_sink.handler.pipelining = pipelining
+    together = envelope_arrivals(private_sink)
+    deliver_one_by_one(queue(2, publish=False))
+    assert together == [pipelining, pipelining]
+    assert [m.rcpt_tos for m in private_sink.messages] == [["user0@example.com"], ["user1@example.com"]]
+
+
+@pytest.mark.parametrize("pipelining", [True, False])
+def test_a_refused_recipient_leaves_the_connection_in_step_for_the_next_email(private_sink, pipelining):
+    private_sink.handler.pipelining = pipelining
+    private_sink.rcpt_replies.append("550 5.1.1 no such user")
+    first, second = queue(2, publish=False)
+    assert deliver([first, second], fill=False).sent == 1
+    assert attempts_of(first) == [("permanent", 550)]
+    assert attempts_of(second) == [("sent", 250)]
+    assert [m.rcpt_tos for m in private_sink.messages] == [["user1@example.com"]]
+    assert len({m.peer for m in private_sink.messages}) == 1 and private_sink.handler.quits == 0
+
+
+def test_a_server_that_takes_data_after_refusing_the_recipient_gets_an_empty_message(private_sink):
+    """RFC 2920 3.1: with every recipient refused, a pipelined DATA the server accepts all the same is
+    ended with a lone dot; the connection goes on."""
+    refused = []
+
+    async def handle_RCPT(server, session, envelope, address, options):
+        if not refused:
+            refused.append(address)
+            envelope.rcpt_tos.append(address)  # as a lax server would: DATA then answers 354
+            return "550 5.1.1 no such user"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    private_sink.handler.handle_RCPT = handle_RCPT
+    first, second = queue(2, publish=False)
+    assert deliver([first, second], fill=False).sent == 1
+    assert attempts_of(first) == [("permanent", 550)]
+    assert attempts_of(second) == [("sent", 250)]
+    empty, sent = private_sink.messages
+    assert empty.raw == b"" and sent.rcpt_tos == ["user1@example.com"]
+    assert empty.peer == sent.peer

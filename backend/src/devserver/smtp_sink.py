@@ -48,11 +48,20 @@ class RecordingHandler:
         self.rcpt_replies: deque[str] = deque()
         self.data_delay = 0.0  # seconds before answering DATA: a slow server, for tests
         self.quits = 0  # connections the client closed politely
+        self.pipelining = True  # advertised, as mail servers do: aiosmtpd reads commands in order
         self.maildir = maildir
         self.journal = journal.open("a", buffering=1) if journal else None
         self._lock = threading.Lock()
         if maildir:
             maildir.mkdir(parents=True, exist_ok=True)
+
+    async def handle_EHLO(
+        self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname
+        if self.pipelining:
+            responses.insert(-1, "250-PIPELINING")
+        return responses
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
