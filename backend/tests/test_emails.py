@@ -275,8 +275,8 @@ def test_a_backlog_starts_a_helper_drainer_with_the_first_batch(worker, sink, mo
 
 
 def test_the_server_takes_a_message_only_once_the_one_before_is_recorded(db, delivery_to_sink, monkeypatch):
-    """Each outcome is written while the next message travels, but that message's final dot waits
-    for the write: a crash can leave only the message in flight sent and unrecorded."""
+    """Each outcome is written while the server reads the next message's envelope, before that
+    message is sent: a crash can leave only the message in flight sent and unrecorded."""
     sink = delivery_to_sink
     kept_connections.close_all()  # a connection opened before the hook below would not call it
     recorded_when_accepting = []
@@ -293,6 +293,24 @@ def test_the_server_takes_a_message_only_once_the_one_before_is_recorded(db, del
     kept_connections.close_all()
     assert recorded_when_accepting == list(range(20))
     assert [attempts_of(email_id) for email_id in ids] == [[("sent", 250)]] * 20
+
+
+def test_an_error_after_the_server_took_a_message_still_records_it(db, delivery_to_sink, monkeypatch):
+    """The outcome waits for the next message's envelope; sending that ends in an error instead still
+    writes it, or the message would be sent again once its claim expired."""
+    from src.emails import delivery
+
+    def crash(email, error):
+        raise RuntimeError("after the first message")
+
+    monkeypatch.setattr(delivery, "_log_outcome", crash)
+    first, second = queue(2, publish=False)
+    with pytest.raises(RuntimeError):
+        deliver([first, second], fill=False)
+    assert len(delivery_to_sink.messages) == 1
+    assert attempts_of(first) == [("sent", 250)] and attempts_of(second) == []
+    statuses = {row.id: row.status for row in rows()}
+    assert statuses == {first: EmailStatus.sent, second: EmailStatus.sending}
 
 
 def test_lines_starting_with_a_dot_arrive_intact(db, delivery_to_sink):

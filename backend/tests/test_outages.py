@@ -102,8 +102,8 @@ def test_database_restart_mid_batch_sends_each_email_once(on_cluster, delivery_t
 
 
 def test_an_outcome_never_recorded_holds_back_the_next_message(on_cluster, delivery_to_sink, monkeypatch):
-    """The database stays away past the lease: the outcome written while the next message travels
-    is lost, so that message's final dot is never sent. Once the database is back and the claim
+    """The database stays away past the lease: the outcome written while the next message's envelope
+    is with the server is lost, so that message is never sent. Once the database is back and the claim
     expired, the batch is sent again, with at most the one unrecorded message twice."""
     from src.config import settings
 

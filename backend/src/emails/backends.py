@@ -59,8 +59,9 @@ def nothing_to_wait_for() -> None:
 class Connection(Protocol):
     def send(self, sender: str, recipient: str, message: bytes,
              before_accept: Callable[[], None] = nothing_to_wait_for) -> None:  # fmt: skip
-        """Send one message. `before_accept` runs at the last moment before the server can take the
-        message: an exception from it stops the send, with the message not delivered."""
+        """Send one message. `before_accept` runs before the server can take the message, at a moment
+        the sender would wait anyway; an exception from it stops the send, with the message not
+        delivered."""
         ...
 
     def alive(self) -> bool:
@@ -103,8 +104,8 @@ class SmtpConnection:
                 self.smtp = smtplib.SMTP(
                     settings.smtp_host, settings.smtp_port, timeout=settings.smtp_timeout
                 )
-            # The final dot goes out alone, after the message: Nagle's algorithm would hold it
-            # until the server acknowledged the message, which it delays, waiting for the dot.
+            # Each write is a whole step (the envelope, or the message with its dot) and waits for a
+            # reply: Nagle's algorithm would only hold a write's tail back for an acknowledgement.
             self.smtp.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self.smtp.ehlo()
             if settings.smtp_use_tls:
@@ -147,32 +148,34 @@ class SmtpConnection:
 
     def _transmit(self, sender: str, recipient: str, message: bytes, before_accept: Callable[[], None]
                   ) -> None:  # fmt: skip
-        """`sendmail()`'s MAIL, RCPT and DATA, holding back the final dot (after which the server
-        owns the message) until `before_accept` returns. The caller writes the previous outcome
-        meanwhile."""
-        self._envelope(sender, recipient)
+        """`sendmail()`'s MAIL, RCPT and DATA, then the message. `before_accept` runs while the
+        server reads the envelope: the caller writes the previous outcome in that round trip."""
+        self._envelope(sender, recipient, before_accept)
         body = _LINE_STARTING_WITH_DOT.sub(b"..", message)  # RFC 5321 4.5.2 transparency
-        self.smtp.send(body if body.endswith(b"\r\n") else body + b"\r\n")
-        before_accept()
-        self.smtp.send(b".\r\n")
+        self.smtp.send((body if body.endswith(b"\r\n") else body + b"\r\n") + b".\r\n")
         code, reply = self.smtp.getreply()
         if code != 250:
             raise smtplib.SMTPDataError(code, reply)
 
-    def _envelope(self, sender: str, recipient: str) -> None:
-        """MAIL, RCPT and DATA, raising as `sendmail()` does for the first one refused. Pipelined,
-        all three replies are read whatever they say, so the next command meets a server in step."""
+    def _envelope(self, sender: str, recipient: str, while_waiting: Callable[[], None]) -> None:
+        """MAIL, RCPT and DATA, raising as `sendmail()` does for the first one refused; `while_waiting`
+        runs once the first command is out. Pipelined, all three replies are read whatever they
+        say, so the next command meets a server in step."""
         # Both addresses are validated ASCII already: smtplib's mail() and rcpt() would parse them again.
         commands = [f"MAIL FROM:<{sender}>", f"RCPT TO:<{recipient}>", "DATA"]
         wanted = [(250,), (250, 251), (354,)]
         replies: list[tuple[int, bytes]] = []
         if self.pipelining:
             self.smtp.send("".join(f"{command}\r\n" for command in commands))
+            while_waiting()
             while len(replies) < len(commands) and (not replies or replies[-1][0] != 421):
                 replies.append(self.smtp.getreply())  # after a 421 the server has hung up
         else:
             for command, codes in zip(commands, wanted, strict=True):
-                replies.append(self.smtp.docmd(command))
+                self.smtp.putcmd(command)
+                if not replies:
+                    while_waiting()
+                replies.append(self.smtp.getreply())
                 if replies[-1][0] not in codes:
                     break
         refused = [

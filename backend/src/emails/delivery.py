@@ -10,12 +10,8 @@ refusal of an address suppresses it, written with the outcome that records the r
 
 import contextlib
 import logging
-import os
-import threading
 import time
 from collections.abc import Callable
-from concurrent import futures
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -102,46 +98,33 @@ class OutcomeNotRecorded(Exception):
 
 
 class OutcomeWriter:
-    """Records outcomes on a thread of its own, so each write overlaps the next message's MAIL,
-    RCPT and DATA. `wait()` runs before the server may accept a message: with every earlier outcome
-    written by then, a crash still re-sends at most the message in flight."""
+    """Records each outcome while the next message's envelope is with the server: `wait()` runs once
+    MAIL, RCPT and DATA are sent and before their replies are read, so the write overlaps that round
+    trip, and always before the server may accept the message. A crash then still re-sends at most the
+    message in flight."""
 
     def __init__(self, engine: Engine) -> None:
         self.recorder = OutcomeRecorder(engine)
-        self.writes: list[Future[bool]] = []
-        self.all_writes: list[Future[bool]] = []
+        self.pending: list[tuple[int, dict[str, Any], float]] = []
 
     def submit(self, email: ClaimedEmail, token: str, error: DeliveryError | None, started: float,
                give_up_at: float) -> None:  # fmt: skip
-        params = _outcome(email, token, error, started)
-        write = _writer_thread().submit(self.recorder.record, email.id, params, give_up_at)
-        self.writes.append(write)
-        self.all_writes.append(write)
+        self.pending.append((email.id, _outcome(email, token, error, started), give_up_at))
 
     def wait(self) -> None:
-        """Return once every outcome submitted is written; raise `OutcomeNotRecorded` if one never was."""
-        writes, self.writes = self.writes, []
-        if not all([write.result() for write in writes]):
+        """Write every outcome submitted; raise `OutcomeNotRecorded` if one never was."""
+        pending, self.pending = self.pending, []
+        if not all([self.recorder.record(*write) for write in pending]):
             raise OutcomeNotRecorded
 
     def close(self) -> None:
-        """After the writes under way (a killed process loses only those)."""
-        futures.wait(self.all_writes)
-        self.recorder.close()
-
-
-_writer: tuple[int, ThreadPoolExecutor] | None = None
-_writer_lock = threading.Lock()
-
-
-def _writer_thread() -> ThreadPoolExecutor:
-    """The process's outcome writer, kept: starting a thread per claim cost a one-email wake-up
-    0.2 ms. Made again in a forked child (the prefork pool's), as threads do not survive a fork."""
-    global _writer
-    with _writer_lock:
-        if _writer is None or _writer[0] != os.getpid():
-            _writer = (os.getpid(), ThreadPoolExecutor(max_workers=1, thread_name_prefix="herald-outcomes"))
-        return _writer[1]
+        """Outcomes still pending are written even when sending ended in an error: the server took
+        those messages."""
+        try:
+            with contextlib.suppress(OutcomeNotRecorded):
+                self.wait()
+        finally:
+            self.recorder.close()
 
 
 class OutcomeRecorder:
