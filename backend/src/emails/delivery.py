@@ -1,4 +1,4 @@
-"""Sending claimed emails and recording every outcome the moment it is known.
+"""Sending claimed emails and recording every outcome before the next message can be accepted.
 
 A crash then re-sends at most the message in flight. An outcome the server accepted is never lost to
 a database outage: its write is retried until the database answers again or the claim's lease is
