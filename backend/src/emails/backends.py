@@ -35,6 +35,9 @@ class DeliveryError(Exception):
 
 _LINE_STARTING_WITH_DOT = re.compile(rb"(?m)^\.")
 
+# The replies that let a message go on, to MAIL, RCPT and DATA.
+_ENVELOPE_ACCEPTED = [(250,), (250, 251), (354,)]
+
 # RFC 3463's enhanced status code at the start of a reply: class 5 (permanent), subject, detail.
 _ENHANCED_STATUS = re.compile(r"5\.(\d{1,3})\.(\d{1,3})\b")
 
@@ -163,32 +166,31 @@ class SmtpConnection:
         say, so the next command meets a server in step."""
         # Both addresses are validated ASCII already: smtplib's mail() and rcpt() would parse them again.
         commands = [f"MAIL FROM:<{sender}>", f"RCPT TO:<{recipient}>", "DATA"]
-        wanted = [(250,), (250, 251), (354,)]
         replies: list[tuple[int, bytes]] = []
         if self.pipelining:
             self.smtp.send("".join(f"{command}\r\n" for command in commands))
             while_waiting()
-            while len(replies) < len(commands) and (not replies or replies[-1][0] != 421):
-                replies.append(self.smtp.getreply())  # after a 421 the server has hung up
+            for _ in commands:
+                replies.append(self.smtp.getreply())
+                if replies[-1][0] == 421:  # the server has hung up
+                    break
         else:
-            for command, codes in zip(commands, wanted, strict=True):
+            for command, accepted in zip(commands, _ENVELOPE_ACCEPTED, strict=True):
                 self.smtp.putcmd(command)
                 if not replies:
                     while_waiting()
                 replies.append(self.smtp.getreply())
-                if replies[-1][0] not in codes:
+                if replies[-1][0] not in accepted:
                     break
-        refused = [
-            i for i, ((code, _), ok) in enumerate(zip(replies, wanted, strict=False)) if code not in ok
-        ]
-        if not refused:
+        refused = next((i for i, (code, _) in enumerate(replies) if code not in _ENVELOPE_ACCEPTED[i]), None)
+        if refused is None:
             return
-        if refused[0] == 2:
+        if refused == 2:
             raise smtplib.SMTPDataError(*replies[2])
         if replies[-1][0] == 354:  # a server that took DATA all the same: end it with no message
             self.smtp.send(b".\r\n")
             self.smtp.getreply()
-        if refused[0] == 0:
+        if refused == 0:
             raise smtplib.SMTPSenderRefused(*replies[0], sender)
         raise smtplib.SMTPRecipientsRefused({recipient: replies[1]})
 
