@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from src.auth.models import User
 from src.db import insert_ignoring_duplicates, utcnow
-from src.emails.models import EmailQueue, Suppression
+from src.emails.models import Suppression
 from src.orgs.models import Membership
 
 _DETAIL_CHARS = 1000
@@ -78,15 +78,16 @@ def suppressed_among(session: Session, addresses: list[str]) -> dict[str, Suppre
 
 
 def _of_org(org_id: int) -> ColumnElement[bool]:
-    """An organization's admins see the suppressions of its members and of the addresses its
-    outbox mailed: what they could already see, not who else Herald ever mailed."""
+    """An organization's admins see and lift the suppressions of its members' addresses, no others.
+    Not those of every address its outbox mailed: an invitation queues an email to any address, so
+    that would show any address's suppression, and lift it for every organization, to whoever
+    invites it. A non-member's suppressed email still shows as `suppressed` in the outbox."""
     members = (
         select(func.lower(User.email))
         .join(Membership, Membership.user_id == User.id)
         .where(Membership.org_id == org_id)
     )
-    recipients = select(func.lower(EmailQueue.to_email)).where(EmailQueue.org_id == org_id)
-    return Suppression.email.in_(members.union(recipients))
+    return Suppression.email.in_(members)
 
 
 def listing(session: Session, limit: int, offset: int = 0, org_id: int | None = None) -> list[Suppression]:
