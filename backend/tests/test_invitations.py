@@ -118,13 +118,32 @@ def test_declined_revoked_and_expired_invitations_cannot_be_accepted(client, mak
     assert members(client, org_id, alice) == {alice.email, bob.email, dave.email}
 
 
-def test_only_a_confirmed_address_can_accept(client, make_user, make_org):
+def test_only_a_confirmed_address_sees_accepts_or_declines(client, make_user, make_org):
+    """Registering an address one does not own shows nothing of its invitations, nor kills them."""
     alice, eve = make_user("alice"), make_user("eve", verified=False)
     org_id = make_org(alice)
     invitation = invite(client, org_id, alice, eve.email)
-    refused = client.post(f"/api/invitations/{invitation['id']}/accept", headers=eve.headers)
-    assert refused.status_code == 403 and "confirm your email address" in refused.json()["detail"]
+    assert client.get("/api/invitations", headers=eve.headers).json() == []
+    assert client.get("/api/notifications", headers=eve.headers).json()["items"] == []
+    for answer in ("accept", "decline"):
+        refused = client.post(f"/api/invitations/{invitation['id']}/{answer}", headers=eve.headers)
+        assert refused.status_code == 403 and "confirm your email address" in refused.json()["detail"]
     assert eve.email not in members(client, org_id, alice)
+    listed = client.get(f"/api/orgs/{org_id}/invitations", headers=alice.headers).json()
+    assert [i["status"] for i in listed] == ["pending"]
+
+
+def test_removing_a_member_revokes_the_invitations_they_sent(client, make_user, make_org):
+    alice, bob, carol, dave = make_user("alice"), make_user("bob"), make_user("carol"), make_user("dave")
+    org_id = make_org(alice, bob, role="admin")
+    from_bob = invite(client, org_id, bob, carol.email, role="admin")
+    from_alice = invite(client, org_id, alice, dave.email)
+    assert client.delete(f"/api/orgs/{org_id}/members/{bob.id}", headers=alice.headers).status_code == 204
+    late = client.post(f"/api/invitations/{from_bob['id']}/accept", headers=carol.headers)
+    assert late.status_code == 409 and "revoked" in late.json()["detail"]
+    assert client.get("/api/invitations", headers=carol.headers).json() == []
+    assert client.post(f"/api/invitations/{from_alice['id']}/accept", headers=dave.headers).status_code == 200
+    assert members(client, org_id, alice) == {alice.email, dave.email}
 
 
 def test_only_owners_invite_owners(client, make_user, make_org):

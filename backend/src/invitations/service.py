@@ -55,7 +55,7 @@ def invite(session: Session, org_id: int, actor: User, email: str, role: Role) -
         ) from None
     org = session.get_one(Organization, org_id)
     _mail_invitation(session, invitation, org, actor)
-    if invitee is not None:
+    if invitee is not None and invitee.email_verified_at is not None:  # the address is theirs
         NotificationService.notify(
             session, org_id, [invitee.id], INVITATION_RECEIVED,
             f"{actor.name} invited you to join {org.name}", data={"invitation_id": invitation.id},
@@ -65,7 +65,10 @@ def invite(session: Session, org_id: int, actor: User, email: str, role: Role) -
 
 
 def received(session: Session, user: User) -> list[Invitation]:
-    """The caller's open invitations: those to their address, pending and not expired."""
+    """The caller's open invitations: those to their address, pending and not expired. None until
+    the address is confirmed: whoever registered an address they do not own sees nothing of it."""
+    if user.email_verified_at is None:
+        return []
     return list(
         session.scalars(
             select(Invitation)
@@ -79,8 +82,6 @@ def received(session: Session, user: User) -> list[Invitation]:
 
 def accept(session: Session, invitation_id: int, user: User) -> Membership:
     invitation = _open_invitation_for(session, invitation_id, user)
-    if user.email_verified_at is None:
-        raise Forbidden("confirm your email address first: an invitation goes to whoever owns the address")
     _answer(session, invitation, user, InvitationStatus.accepted)
     membership = get_membership(session, invitation.org_id, user.id)
     if membership is None:
@@ -125,8 +126,10 @@ def revoke(session: Session, org_id: int, invitation_id: int, actor: User) -> In
 
 
 def _open_invitation_for(session: Session, invitation_id: int, user: User) -> Invitation:
-    """The invitation, locked, if it was sent to the caller's address and can still be answered.
-    Another address's invitation does not exist for the caller (404)."""
+    """The invitation, locked, if it was sent to the caller's confirmed address and can still be
+    answered (accepted or declined). Another address's invitation does not exist for the caller (404)."""
+    if user.email_verified_at is None:
+        raise Forbidden("confirm your email address first: an invitation goes to whoever owns the address")
     invitation = session.scalar(
         select(Invitation)
         .where(Invitation.id == invitation_id, Invitation.email == normalize_email(user.email))

@@ -4,8 +4,9 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from src.auth.models import User
-from src.db import after_commit
+from src.db import after_commit, utcnow
 from src.errors import Conflict, Forbidden, NotFound
+from src.invitations.models import Invitation, InvitationStatus
 from src.notifications.service import end_live_streams
 from src.orgs.models import Membership, Organization, Role
 from src.tasks.models import Task, task_watchers
@@ -92,6 +93,13 @@ def remove_member(session: Session, org_id: int, actor: User, user_id: int) -> N
         delete(task_watchers).where(
             task_watchers.c.user_id == user_id, task_watchers.c.task_id.in_(org_tasks)
         )
+    )
+    # Invitations they sent stand no longer: an admin removed could come back through one.
+    session.execute(
+        update(Invitation)
+        .where(Invitation.org_id == org_id, Invitation.invited_by_id == user_id)
+        .where(Invitation.status == InvitationStatus.pending)
+        .values(status=InvitationStatus.revoked, responded_at=utcnow())
     )
     after_commit(session, lambda: end_live_streams(user_id))
     session.commit()
