@@ -7,7 +7,7 @@ import pytest
 from sqlalchemy import func, select, update
 
 from src.db import SessionLocal
-from src.emails import claims, delivery
+from src.emails import claims, delivery, suppressions
 from src.emails.models import EmailQueue, EmailStatus
 from src.emails.rendering import render
 from src.emails.service import EmailService
@@ -183,16 +183,26 @@ def test_console_backend_when_no_smtp_host(db, monkeypatch, caplog):
         assert session.scalar(select(EmailQueue.status)) == EmailStatus.sent
 
 
-def test_unreachable_smtp_counts_one_attempt_and_releases_the_rest(db, monkeypatch):
+@pytest.mark.parametrize("suppressed_first", [False, True])
+def test_unreachable_smtp_counts_one_attempt_and_releases_the_rest(db, monkeypatch, suppressed_first):
+    """An email not sent because its address is suppressed says nothing of the server: the first
+    email that tries it still stands for the whole batch."""
     monkeypatch.setattr(delivery.settings, "smtp_host", "127.0.0.1")
     monkeypatch.setattr(delivery.settings, "smtp_port", 1)  # nothing listens there
+    addresses = ["gone@example.com"] if suppressed_first else []
     with SessionLocal() as session:
-        for n in range(3):
-            EmailService.queue_email(session, **{**GOOD, "subject": f"Hello {n}"}, wake_worker=False)
+        if suppressed_first:
+            suppressions.suppress(session, [suppressions.NewSuppression(addresses[0], "bounce", "test")])
+        for n, address in enumerate([*addresses, *["ada@example.com"] * 3]):
+            draft = {**GOOD, "to_email": address, "subject": f"Hello {n}"}
+            EmailService.queue_email(session, **draft, wake_worker=False)
         session.commit()
     assert delivery.process_queue(time_budget=5) == 0  # one try, not one per email
     with SessionLocal() as session:
         emails = list(session.scalars(select(EmailQueue).order_by(EmailQueue.id)))
+    if suppressed_first:
+        assert emails[0].status == EmailStatus.suppressed
+        emails = emails[1:]
     assert [e.attempts for e in emails] == [1, 0, 0]
     assert all(e.status == EmailStatus.pending for e in emails)
     assert "SMTP connect to 127.0.0.1:1 failed" in emails[0].last_error

@@ -3,11 +3,12 @@ its delivery guarantees also with RabbitMQ as the Celery broker."""
 
 import time
 from collections import Counter
+from datetime import timedelta
 
 import pytest
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, update
 
-from src.db import SessionLocal
+from src.db import SessionLocal, utcnow
 from src.emails.connections import kept_connections
 from src.emails.delivery import deliver
 from src.emails.models import EmailAttempt, EmailQueue, EmailStatus
@@ -313,6 +314,33 @@ def test_an_error_after_the_server_took_a_message_still_records_it(db, delivery_
     assert statuses == {first: EmailStatus.sent, second: EmailStatus.sending}
 
 
+def test_a_lease_lost_while_connecting_leaves_the_email_to_its_new_claim(db, delivery_to_sink, monkeypatch):
+    """Connecting can take several timeouts: the lease is checked again right before the server may
+    take the message, so an email another worker claimed meanwhile is sent once, by that worker."""
+    from src.emails import claims
+
+    kept_connections.close_all()
+    [email_id] = queue(1, publish=False)
+    taken_over = []
+    take = kept_connections.take
+
+    def take_while_the_lease_runs_out(*args):
+        connection = take(*args)
+        with SessionLocal() as session:  # the lease expires and another worker claims the email
+            session.execute(update(EmailQueue).values(lease_expires_at=utcnow() - timedelta(seconds=1)))
+            session.commit()
+            taken_over.append(claims.claim(session, 10))
+        return connection
+
+    monkeypatch.setattr(kept_connections, "take", take_while_the_lease_runs_out)
+    monkeypatch.setattr(claims.Claim, "renewal_due", property(lambda claim: bool(taken_over)))
+    assert deliver([email_id], fill=False).sent == 0
+    assert delivery_to_sink.messages == [] and attempts_of(email_id) == []
+    [row] = rows()
+    assert [e.id for e in taken_over[0].emails] == [email_id]
+    assert row.status == EmailStatus.sending and row.claim_token == taken_over[0].token
+
+
 def test_lines_starting_with_a_dot_arrive_intact(db, delivery_to_sink):
     body = "Agenda:\n.\n.hidden\n..two dots\nend"
     with SessionLocal() as session:
@@ -349,6 +377,21 @@ def test_permanent_550_fails_at_once_with_reason(worker, sink):
     assert "550" in row.last_error and "No such user" in row.last_error
     assert attempts_of(email_id) == [("permanent", 550)]
     assert sink.messages == []
+
+
+def test_a_retried_email_keeps_the_attempts_of_before_its_retry(worker, sink):
+    """Retrying starts the count again at 1; the new attempt 1 is recorded beside the old one."""
+    sink.replies.append("550 5.7.1 Message refused")
+    [email_id] = queue(1)
+    wait_until(lambda: rows()[0].status == EmailStatus.failed, message="failed")
+    with SessionLocal() as session:
+        assert EmailService.retry(session, [email_id]) == [email_id]
+    wait_until(lambda: rows()[0].status == EmailStatus.sent, message="sent after the retry")
+    assert attempts_of(email_id) == [("permanent", 550), ("sent", 250)]
+    with SessionLocal() as session:
+        numbers = session.scalars(select(EmailAttempt.attempt).where(EmailAttempt.email_id == email_id))
+        assert sorted(numbers) == [1, 1]
+    assert len(sink.messages) == 1
 
 
 def test_attempts_run_out_then_failed(worker, sink):

@@ -53,22 +53,26 @@ _MARK = (
         updated_at=bindparam("now", type_=UTCDateTime()),
     )
 )
-_ATTEMPT_COLUMNS = ["email_id", "attempt", "outcome", "smtp_code", "error", "duration_ms", "created_at"]
+_ATTEMPT_COLUMNS = [
+    "email_id", "attempt", "claim_token", "outcome", "smtp_code", "error", "duration_ms", "created_at",
+]  # fmt: skip
 _ATTEMPT_VALUES = [
     bindparam("email_id"),
     bindparam("attempt"),
+    bindparam("token"),
     bindparam("outcome"),
     bindparam("smtp_code"),
     bindparam("last_error"),
     bindparam("duration_ms"),
     bindparam("now", type_=UTCDateTime()),
 ]
-# Once per attempt, even when a write is retried because its answer was lost with the connection.
+# Once per attempt, even when a write is retried because its answer was lost with the connection. An
+# attempt is known by its claim, not its number: numbers start again when an operator retries.
 _LOG_ATTEMPT = _attempts.insert().from_select(
     _ATTEMPT_COLUMNS,
     select(*_ATTEMPT_VALUES).where(
         ~exists().where(
-            _attempts.c.email_id == bindparam("email_id"), _attempts.c.attempt == bindparam("attempt")
+            _attempts.c.email_id == bindparam("email_id"), _attempts.c.claim_token == bindparam("token")
         )
     ),
 )
@@ -95,6 +99,10 @@ class AddressSuppressed(DeliveryError):
 
 class OutcomeNotRecorded(Exception):
     """An earlier outcome could not be written: the next message must not be sent."""
+
+
+class ClaimLost(Exception):
+    """The claim's lease ran out and another worker holds the email now: this one must not send it."""
 
 
 class OutcomeWriter:
@@ -253,10 +261,18 @@ def send_claimed(session: Session, claim: Claim) -> Delivery:
     margin = settings.email_lease_seconds * 0.1
     suppressed = suppressed_among(session, [e.to_email for e in claim.emails])
     session.commit()  # not a transaction left open while sending
+    reached_server = False  # a reply came from it in this batch
+
+    def before_accept() -> None:
+        """The previous outcome is written, and the lease still holds for the email being sent (the
+        loop's `index`): making a new connection can take long enough (timeouts) to outlive it."""
+        outcomes.wait()
+        if not _lease_kept(session, claim, index):
+            raise ClaimLost
+
     try:
         for index, email in enumerate(claim.emails):
-            if claim.renewal_due and not renew(session, claim, claim.emails[index:]):
-                release(session, claim.emails[index:], claim.token)
+            if not _lease_kept(session, claim, index):
                 break
             started = time.perf_counter()
             error: DeliveryError | None = None
@@ -267,9 +283,11 @@ def send_claimed(session: Session, claim: Claim) -> Delivery:
                 if connection is None:
                     connection = kept_connections.take(backend, settings.smtp_idle_seconds)
                 connection.send(settings.smtp_from_email, email.to_email, email.mime.encode("ascii"),
-                                before_accept=outcomes.wait)  # fmt: skip
+                                before_accept=before_accept)  # fmt: skip
+                reached_server = True
             except DeliveryError as exc:
                 error = exc
+                reached_server = reached_server or not (exc.broken or isinstance(exc, AddressSuppressed))
                 if exc.broken and connection is not None:
                     connection.close()
                 connection = None if exc.broken else connection
@@ -280,19 +298,19 @@ def send_claimed(session: Session, claim: Claim) -> Delivery:
                 suppressed[rejection["email"]] = Suppressed(**rejection)
             if error is None:
                 delivery.sent += 1
-            elif error.broken and index == 0:
+            elif error.broken and not reached_server:
                 # The server cannot be reached at all: do not burn everyone's attempts on it.
-                release(session, claim.emails[1:], claim.token)
+                release(session, claim.emails[index + 1 :], claim.token)
                 delivery.unreachable = True
                 break
         outcomes.wait()
-    except OutcomeNotRecorded:
-        # The database is gone: the message held mid-DATA is dropped with its connection, and the
-        # rest stay claimed until their lease ends.
+    except (OutcomeNotRecorded, ClaimLost) as exc:
+        # The message held mid-DATA is dropped with its connection. The database is gone, and the
+        # rest stay claimed until their lease ends; or the rest are another worker's now.
         if connection is not None:
             connection.close()
         connection = None
-        delivery.unreachable = True
+        delivery.unreachable = isinstance(exc, OutcomeNotRecorded)
     except BaseException:
         if connection is not None:
             connection.close()  # it may be in the middle of a message
@@ -302,6 +320,15 @@ def send_claimed(session: Session, claim: Claim) -> Delivery:
     if connection is not None:
         kept_connections.give_back(backend, connection, settings.smtp_idle_seconds)
     return delivery
+
+
+def _lease_kept(session: Session, claim: Claim, next_unsent: int) -> bool:
+    """Past half the lease, renew it for the emails not yet sent (from `next_unsent` on); False (and
+    those still ours handed back) if another worker took any of them meanwhile."""
+    if not claim.renewal_due or renew(session, claim, claim.emails[next_unsent:]):
+        return True
+    release(session, claim.emails[next_unsent:], claim.token)
+    return False
 
 
 def deliver(

@@ -58,7 +58,8 @@ class EmailAttempt(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     email_id: Mapped[int] = mapped_column(ForeignKey("email_queue.id", ondelete="CASCADE"), index=True)
-    attempt: Mapped[int] = mapped_column(Integer)
+    attempt: Mapped[int] = mapped_column(Integer)  # restarts at 1 when an operator retries the email
+    claim_token: Mapped[str | None] = mapped_column(String(32))  # the claim it was made under
     outcome: Mapped[str] = mapped_column(String(20))
     smtp_code: Mapped[int | None] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text)
