@@ -40,20 +40,24 @@ from src.web.app import assets as web_assets
 from src.web.app import router as web_router
 
 
-class RedactQueryTokens(logging.Filter):
-    """Stream tokens travel in URLs (EventSource cannot send headers); keep them out of the logs
-    uvicorn writes URLs to: HTTP requests on `uvicorn.access`, WebSocket handshakes on `uvicorn.error`.
-    A parameter is matched by its decoded name, so `?tok%65n=` is redacted too."""
+class RedactTokens(logging.Filter):
+    """Tokens travel in URLs: stream tokens in the query (EventSource cannot send headers), unsubscribe
+    tokens in the path (a link in an email, valid for a year). Keep them out of the logs uvicorn writes
+    URLs to: HTTP requests on `uvicorn.access`, WebSocket handshakes on `uvicorn.error`. A query
+    parameter is matched by its decoded name, so `?tok%65n=` is redacted too."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.args, tuple):
-            record.args = tuple(
-                _QUERY_PARAM.sub(_redact_token, arg) if isinstance(arg, str) else arg for arg in record.args
-            )
+            record.args = tuple(_redacted(arg) if isinstance(arg, str) else arg for arg in record.args)
         return True
 
 
 _QUERY_PARAM = re.compile(r"([?&][^=&\s]*=)([^&\s]*)")
+_UNSUBSCRIBE_TOKEN = re.compile(r"(/unsubscribe/)[^/?#\s]+")
+
+
+def _redacted(text: str) -> str:
+    return _UNSUBSCRIBE_TOKEN.sub(r"\1[redacted]", _QUERY_PARAM.sub(_redact_token, text))
 
 
 def _redact_token(match: re.Match[str]) -> str:
@@ -65,8 +69,8 @@ def _redact_token(match: re.Match[str]) -> str:
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     for name in ("uvicorn.access", "uvicorn.error"):
         logger = logging.getLogger(name)
-        if not any(isinstance(f, RedactQueryTokens) for f in logger.filters):
-            logger.addFilter(RedactQueryTokens())
+        if not any(isinstance(f, RedactTokens) for f in logger.filters):
+            logger.addFilter(RedactTokens())
     fold_outage_tracebacks(logging.getLogger("uvicorn.error"))
     # Sync endpoints run on this many threads; the pool has a connection for each (see src.db).
     anyio.to_thread.current_default_thread_limiter().total_tokens = settings.api_threads

@@ -141,6 +141,17 @@ def test_live_events_arrive_unbuffered_through_nginx_within_a_second(proxied, ht
     assert token not in (RUN_DIR / "nginx-herald.access.log").read_text()  # logged without its query
 
 
+def test_an_unsubscribe_links_token_stays_out_of_both_access_logs(proxied, http):
+    """The token is in the link's path, valid for a year, and changes its owner's email preferences."""
+    token = "eyJhbGciOiJIUzI1NiJ9.c2VjcmV0LXBheWxvYWQ.c2lnbmF0dXJlLW9mLXRoZS1saW5r"
+    assert http.get(f"/unsubscribe/{token}").status_code == 403  # a forged one: the page says so
+    assert http.post(f"/unsubscribe/{token}").status_code == 403
+    time.sleep(0.5)  # uvicorn's and nginx's lines are written once the answer is sent
+    for log in (RUN_DIR / "nginx-herald.access.log", RUN_DIR / "api-nginx.log"):
+        text = log.read_text()
+        assert "/unsubscribe/[redacted]" in text and token not in text, log.name
+
+
 def test_a_client_trickling_its_headers_is_cut_by_nginx(proxied):
     """One header byte a second, as slowloris does: nginx closes it after client_header_timeout (10 s)
     from the start of the request, however steadily the bytes come."""
