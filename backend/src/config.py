@@ -157,6 +157,10 @@ class Settings(BaseSettings):
         return (self.public_base_url or f"http://localhost:{self.port}").rstrip("/")
 
     @property
+    def email_backend_name(self) -> str:
+        return self.email_backend or ("smtp" if self.smtp_host else "console")
+
+    @property
     def verification_required(self) -> bool:
         return self.email_verification == "required" or (self.email_verification == "" and self.is_production)
 
@@ -187,6 +191,11 @@ class Settings(BaseSettings):
                 "SECRET_KEY must be a random value of at least 32 characters, and not one published in "
                 "Herald's repository, when ENVIRONMENT=production; generate one with: "
                 "python -c 'import secrets; print(secrets.token_urlsafe(48))'"
+            )
+        if self.is_production and self.email_backend_name == "console":
+            raise ValueError(
+                "ENVIRONMENT=production needs a real email backend: set SMTP_HOST (or EMAIL_BACKEND=sendgrid "
+                "or ses); the console backend writes every message, password reset codes included, to the log"
             )
         return self
 

@@ -84,6 +84,7 @@ def test_api_docs_are_off_in_production_unless_asked_for(database_url, docs_in_p
         "DATABASE_URL": database_url,
         "ENVIRONMENT": "Production",  # any case
         "SECRET_KEY": secrets.token_urlsafe(48),
+        "SMTP_HOST": "127.0.0.1",  # production refuses the console backend
         "DOCS_IN_PRODUCTION": docs_in_production,
     }
     server = ApiServer(env, RUN_DIR / "api-production.log", free_port()).start()

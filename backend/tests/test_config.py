@@ -41,8 +41,19 @@ def test_every_secret_key_the_repository_shows_is_refused_in_production():
 
 
 def test_production_accepts_a_real_secret_key_and_development_needs_none():
-    assert Settings(environment="production", secret_key=GOOD_KEY, _env_file=None).secret_key == GOOD_KEY
+    production = Settings(environment="production", secret_key=GOOD_KEY, smtp_host="mail", _env_file=None)
+    assert production.secret_key == GOOD_KEY
     assert Settings(environment="development", _env_file=None).secret_key == DEFAULT_SECRET_KEY
+
+
+@pytest.mark.parametrize("email", [{}, {"email_backend": "console", "smtp_host": "mail"}])
+def test_production_refuses_the_console_email_backend(email):
+    """It writes every message to the log: password reset codes, confirmation links."""
+    with pytest.raises(ValidationError, match="needs a real email backend"):
+        Settings(environment="production", secret_key=GOOD_KEY, **email, _env_file=None)
+    for backend in ({"smtp_host": "mail"}, {"email_backend": "ses"}):
+        production = Settings(environment="production", secret_key=GOOD_KEY, **backend, _env_file=None)
+        assert production.email_backend_name != "console"
 
 
 def test_a_production_start_with_the_example_env_file_refuses_to_run(tmp_path: Path):
@@ -57,14 +68,18 @@ def test_a_production_start_with_the_example_env_file_refuses_to_run(tmp_path: P
 
 
 def test_verification_is_required_in_production_and_optional_in_development():
-    production = Settings(environment="Production", secret_key=GOOD_KEY, _env_file=None)
+    production = Settings(environment="Production", secret_key=GOOD_KEY, smtp_host="mail", _env_file=None)
     assert production.verification_required
     assert not Settings(environment="development", _env_file=None).verification_required
     assert Settings(
         environment="development", email_verification="required", _env_file=None
     ).verification_required
     relaxed = Settings(
-        environment="production", secret_key=GOOD_KEY, email_verification="optional", _env_file=None
+        environment="production",
+        secret_key=GOOD_KEY,
+        smtp_host="mail",
+        email_verification="optional",
+        _env_file=None,
     )
     assert not relaxed.verification_required
 

@@ -350,7 +350,7 @@ BACKENDS: dict[str, Callable[[Settings], EmailBackend]] = {
 
 
 def get_backend(settings: Settings) -> EmailBackend:
-    name = settings.email_backend or ("smtp" if settings.smtp_host else "console")
+    name = settings.email_backend_name
     try:
         return BACKENDS[name](settings)
     except KeyError:
