@@ -8,7 +8,8 @@ import pytest
 
 from src import outages
 from src.auth.security import create_token
-from src.notifications.service import publish_tick
+from src.db import SessionLocal
+from src.notifications.service import last_seq, publish_tick
 from tests.live import SseClient, WsClient
 
 
@@ -106,6 +107,21 @@ def test_reconnect_with_last_event_id_gets_exactly_what_was_missed(servers, team
     live = resumed.next()
     assert live["data"]["data"]["new_status"] == "todo"
     assert not [e for e in resumed.drain() if e["event"] == "notification"], "nothing twice"
+    resumed.close()
+
+
+def test_a_last_event_id_never_given_out_starts_the_stream_afresh(servers, team):
+    """After a database restore a client's Last-Event-ID can be past every seq: resuming from it
+    would skip every notification up to it, for good."""
+    api_a, b = servers
+    _org, task, alice, bob, _carol = team
+    with SessionLocal() as session:
+        beyond = last_seq(session) + 1000
+    resumed = SseClient(stream_url(b, bob), headers={"Last-Event-ID": str(beyond)})
+    assert "never given out" in resumed.next("reset")["data"]["reason"]
+    assert resumed.next("unread_count")["id"] < beyond
+    move(api_a, task, alice, "in_progress")
+    assert resumed.next()["data"]["data"]["new_status"] == "in_progress"
     resumed.close()
 
 

@@ -45,6 +45,7 @@ log = logging.getLogger("herald.live")
 QUEUE_LIMIT = 1000  # events a subscriber may have waiting before it is cut off to recover
 TOO_MANY_STREAMS = "too many streams: this user opened a newer one; do not reconnect this one"
 TOO_OLD = "too old: notifications after this Last-Event-ID were deleted by retention; refetch the inbox"
+UNKNOWN = "unknown: this Last-Event-ID was never given out here (a restored database?); refetch the inbox"
 PING: dict[str, Any] = {"kind": "ping"}
 LIST_DELAY = 0.05  # new streams are listed in Redis together, this often at most
 STREAM_LIST_SECONDS = 86_400  # a user's list of streams outlives no idle day (crashed processes' entries)
@@ -433,7 +434,11 @@ async def events(hub: LiveHub, start: StreamStart, since: int | None) -> AsyncIt
     dispatched_before = hub.cursor
     try:
         hub.limit_streams(subscriber)
-        counted_after_watermark: set[int] = set()
+        if since is not None and since > watermark:
+            # Past every seq given out: a position this database never had. Resuming from it would
+            # skip every notification up to it, so the stream starts afresh instead.
+            yield [{"event": "reset", "data": {"reason": UNKNOWN}}]
+            since = None
         # Only a resuming client asks for the past: new streams (most connects) skip this lookup.
         if since is not None and since < await run_in_threadpool(_purged_through):
             # What it asks for may be gone: replaying the rest would hide that. The client refetches
@@ -441,12 +446,12 @@ async def events(hub: LiveHub, start: StreamStart, since: int | None) -> AsyncIt
             yield [{"event": "reset", "data": {"reason": TOO_OLD}}]
             since = None
         sent_up_to = since if since is not None else watermark
+        counted_through = watermark  # `unread` counts the unread notifications up to this seq
 
         def deliver(payload: dict[str, Any], encoded: str | None = None) -> list[dict[str, Any]]:
             nonlocal unread
             out = [{"event": "notification", "id": payload["seq"], "data": payload, "json": encoded}]
-            if payload["seq"] > watermark and payload["seq"] not in counted_after_watermark:
-                counted_after_watermark.add(payload["seq"])
+            if payload["seq"] > counted_through:  # each seq is delivered once, in order
                 unread += 1
                 # Its JSON written here: encoding {"count": n} was 8 % of a broadcast's CPU (py-spy).
                 count_json = f'{{"count":{unread}}}'
@@ -477,9 +482,9 @@ async def events(hub: LiveHub, start: StreamStart, since: int | None) -> AsyncIt
                 sent_up_to = payload["seq"]
                 yield deliver(payload, message["json"])
             elif message["kind"] == "unread":
-                count, watermark = await run_in_threadpool(_unread_snapshot, user_id)
-                counted_after_watermark = {s for s in counted_after_watermark if s > watermark}
-                unread = count + len(counted_after_watermark)
+                # Up to the highest seq given out, which is past all this stream delivered: what it
+                # delivers after counts on top, as at the start (read state included up to there).
+                unread, counted_through = await run_in_threadpool(_unread_snapshot, user_id)
                 yield [{"event": "unread_count", "data": {"count": unread}}]
         if subscriber.reason:
             yield [{"event": "closed", "data": {"reason": subscriber.reason}}]
