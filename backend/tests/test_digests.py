@@ -13,7 +13,7 @@ from src.emails.models import EmailQueue, EmailStatus
 from src.emails.service import EmailService
 from src.preferences.models import DigestItem
 from src.tasks import digests
-from src.tasks.models import TaskEvent
+from src.tasks.models import Task, TaskEvent
 from src.tasks.tasks.digest_tasks import build_digests
 from tests.test_emails import wait_until
 
@@ -83,6 +83,59 @@ def test_five_changes_make_one_digest_with_the_collapsed_history(client, digest_
     assert digests.build_due(after_window()) == 0  # an empty window sends nothing
     assert digests.build_due(after_window() + timedelta(hours=5)) == 0
     assert len(emails_to(dave.email)) == 1
+
+
+def owe(user_id, task_id, org_id, actor_id, statuses):
+    """Digest items for a run of status changes, written directly: thousands take a moment."""
+    with SessionLocal() as session:
+        for old, new in zip(["todo", *statuses[:-1]], statuses, strict=True):
+            event = TaskEvent(task_id=task_id, actor_id=actor_id, kind="status_changed", old_value=old,
+                              new_value=new)  # fmt: skip
+            session.add(event)
+            session.flush()
+            digests.collect(session, [user_id], org_id, task_id, event.id, "task_status_changed")
+        session.commit()
+
+
+def test_a_burst_of_changes_makes_a_digest_of_bounded_size(client, digest_team, monkeypatch):
+    """Thousands of changes (one member flipping a status all afternoon) still make one digest that can
+    be sent: each task's latest changes, the first tasks, the rest counted. A digest too large anyway
+    (here: the limit lowered) holds back no one else's."""
+    task, ann, bob, dave = digest_team
+    owe(dave.id, task["id"], task["org_id"], bob.id, ["in_progress", "done"] * 1500)
+    with SessionLocal() as session:
+        others = [Task(org_id=task["org_id"], title=f"Other {n}", description="", reporter_id=ann.id)
+                  for n in range(digests.TASKS_SHOWN + 5)]  # fmt: skip
+        session.add_all(others)
+        session.commit()
+        other_ids = [t.id for t in others]
+    for task_id in other_ids:
+        owe(dave.id, task_id, task["org_id"], bob.id, ["done"])
+    owe(ann.id, task["id"], task["org_id"], bob.id, ["in_review"])
+
+    monkeypatch.setattr(digests.settings, "email_max_body_bytes", 2_000)
+    assert digests.build_due(after_window()) == 1  # Ann's, though Dave's was refused
+    assert len(emails_to(ann.email)) == 1
+    assert emails_to(dave.email) == []
+    monkeypatch.undo()
+
+    assert digests.build_due(after_window()) == 1
+    [digest] = emails_to(dave.email)
+    assert digest.subject == f"[Acme] 3055 changes on {len(other_ids) + 1} tasks"
+    plain = message_from_string(digest.mime, policy=policy.default).get_body(("plain",)).get_content()
+    assert "Fix login: todo → … → " in plain and "… 2990 earlier changes" in plain
+    assert plain.count("Bob: ") == digests.HISTORY_SHOWN + digests.TASKS_SHOWN - 1
+    assert "… and 6 more tasks: http" in plain
+    assert len(digest.mime) < 100_000
+
+
+def test_a_member_removed_before_the_digest_gets_nothing_of_the_organization(client, digest_team):
+    task, ann, bob, dave = digest_team
+    five_changes(client, task, ann, bob)
+    removed = client.delete(f"/api/orgs/{task['org_id']}/members/{dave.id}", headers=ann.headers)
+    assert removed.status_code == 204
+    assert digests.build_due(after_window()) == 0
+    assert emails_to(dave.email) == []
 
 
 def test_the_worker_delivers_one_digest_and_the_next_window_gets_the_next_events(

@@ -9,6 +9,7 @@ from src.errors import Conflict, Forbidden, NotFound
 from src.invitations.models import Invitation, InvitationStatus
 from src.notifications.service import end_live_streams
 from src.orgs.models import Membership, Organization, Role
+from src.preferences.models import DigestItem
 from src.tasks.models import Task, task_watchers
 
 MANAGERS = (Role.owner, Role.admin)
@@ -92,6 +93,12 @@ def remove_member(session: Session, org_id: int, actor: User, user_id: int) -> N
     session.execute(
         delete(task_watchers).where(
             task_watchers.c.user_id == user_id, task_watchers.c.task_id.in_(org_tasks)
+        )
+    )
+    # Nor in a digest: what they were owed from its tasks is not theirs to read any more.
+    session.execute(
+        delete(DigestItem).where(
+            DigestItem.org_id == org_id, DigestItem.user_id == user_id, DigestItem.digest_key.is_(None)
         )
     )
     # Invitations they sent stand no longer: an admin removed could come back through one.

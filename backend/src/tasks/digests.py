@@ -31,6 +31,11 @@ from src.text import one_line
 
 log = logging.getLogger("herald.digests")
 
+# What one digest shows, so that no burst of changes makes it too large to send (EMAIL_MAX_BODY_BYTES):
+# each task's latest changes, and the tasks changed first; the rest are counted.
+HISTORY_SHOWN = 10
+TASKS_SHOWN = 50
+
 
 def collect(
     session: Session, user_ids: list[int], org_id: int, task_id: int, event_id: int, event_type: str
@@ -88,8 +93,11 @@ def build_due(now: datetime | None = None) -> int:
     built = 0
     for user_id, oldest, frequency, hour, timezone in pending:
         closed = window_start(frequency or "hourly", hour or 0, timezone or "UTC", now)
-        if oldest < closed and build(user_id, closed):
-            built += 1
+        try:
+            if oldest < closed and build(user_id, closed):
+                built += 1
+        except Invalid as exc:  # one user's digest must not hold back everyone's after it
+            log.error("digest of user %s not queued: %s", user_id, exc.detail)
     return built
 
 
@@ -129,6 +137,22 @@ class _TaskChanges:
     def actors(self) -> str:
         names = self.actor_names
         return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+    @property
+    def path(self) -> str:
+        """The statuses it went through, the first and the latest ones when there were many."""
+        statuses = self.statuses
+        if len(statuses) > HISTORY_SHOWN + 1:
+            statuses = [statuses[0], "…", *statuses[-HISTORY_SHOWN:]]
+        return " → ".join(statuses)
+
+    @property
+    def latest(self) -> list[dict[str, str]]:
+        return self.history[-HISTORY_SHOWN:]
+
+    @property
+    def earlier(self) -> int:
+        return len(self.history) - len(self.latest)
 
 
 def _draft(session: Session, user_id: int, item_ids: list[int], key: str) -> EmailDraft | None:
@@ -187,7 +211,9 @@ def _draft(session: Session, user_id: int, item_ids: list[int], key: str) -> Ema
         "digest",
         recipient_name=recipient_name,
         summary=summary,
-        tasks=list(tasks.values()),
+        tasks=list(tasks.values())[:TASKS_SHOWN],
+        more_tasks=max(0, task_count - TASKS_SHOWN),
+        app_url=settings.public_url,
         unsubscribe_url=unsubscribe,
         preferences_url=preferences_url(),
     )
