@@ -8,6 +8,8 @@ import httpx
 import pytest
 from sqlalchemy import func, select, update
 
+from src.idempotency.service import fingerprint
+
 IN_PROGRESS = "a request with this Idempotency-Key is in progress"
 OTHER_REQUEST = "Idempotency-Key was already used with a different request"
 
@@ -189,6 +191,18 @@ def test_invalid_body_leaves_the_key_unused(client, team):
     created = client.post("/api/orgs", json={"name": "Initech"}, headers=keyed(alice, "o"))
     assert created.status_code == 201 and "Idempotent-Replayed" not in created.headers
     assert count(Organization) == before + 1
+
+
+def test_a_body_nested_deeper_than_python_recurses_is_never_a_500(client, team):
+    """FastAPI's parser takes a little more depth than a fresh `json.loads` deeper in the stack: around
+    the limit, the body's fingerprint could not be computed (a RecursionError, answered 500)."""
+    org_id, alice, *_ = team
+    for depth in range(800, 1100, 2):
+        body = f'{{"title":"x","description":{"[" * depth}{"]" * depth}}}'
+        headers = {**keyed(alice, f"deep-{depth}"), "Content-Type": "application/json"}
+        answer = client.post(f"/api/orgs/{org_id}/tasks", content=body, headers=headers)
+        assert answer.status_code in (400, 422) and answer.json()["detail"], depth
+    assert fingerprint("POST", "/x", b"[" * 100_000 + b"]" * 100_000)  # by itself, too
 
 
 @pytest.mark.parametrize("key", ["", "x" * 256, "tab\tinside", "clé".encode(), b"nul\x7f"])

@@ -25,8 +25,8 @@ def fingerprint(method: str, path: str, body: bytes) -> str:
     spacing or key order is the same request."""
     try:
         canonical = json.dumps(json.loads(body), sort_keys=True, separators=(",", ":")) if body else ""
-    except ValueError:  # not JSON (the API refuses it anyway): the bytes as they are
-        canonical = body.hex()
+    except (ValueError, RecursionError):  # not JSON, or nested too deep to re-encode: the bytes as
+        canonical = body.hex()  # they are (the API refuses the first, and the second is rare enough)
     return hashlib.sha256(f"{method} {path}\n{canonical}".encode()).hexdigest()
 
 
