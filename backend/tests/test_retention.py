@@ -1,5 +1,6 @@
 """Retention: what the daily job deletes, in batches; its dry run; a stream resuming from before it."""
 
+import threading
 from datetime import timedelta
 
 import pytest
@@ -131,6 +132,30 @@ def test_a_stream_resuming_from_before_what_retention_deleted_is_told_to_refetch
     recent = SseClient(stream_url(b, bob), headers={"Last-Event-ID": str(seen + 1)})
     assert [e for e in recent.drain() if e["event"] == "reset"] == []
     recent.close()
+
+
+def test_an_email_retried_while_the_purge_runs_is_kept(db, database_url):
+    """The retry's UPDATE holds the row when the purge comes to it: the purge leaves it, and once the
+    retry commits it is pending again, not deleted by an id read before."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("SQLite runs one writer at a time: the purge and the retry cannot interleave")
+    old = email(EmailStatus.failed, 91 * DAY, attempts=5)
+    with SessionLocal() as retrying:
+        retrying.execute(update(EmailQueue).where(EmailQueue.id == old).values(status=EmailStatus.pending))
+        purged = {}
+
+        def purge() -> None:
+            with SessionLocal() as session:
+                purged.update(retention.purge(session))
+
+        purging = threading.Thread(target=purge)
+        purging.start()
+        purging.join(timeout=2)
+        retrying.commit()
+    purging.join(timeout=10)
+    assert not purging.is_alive() and purged == {"emails": 0, "email_attempts": 0}
+    with SessionLocal() as session:
+        assert session.get(EmailQueue, old).status == EmailStatus.pending
 
 
 def test_the_daily_job_purges_both(db):

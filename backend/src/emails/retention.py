@@ -42,7 +42,10 @@ def count_expired(session: Session) -> dict[str, int]:
 def purge(session: Session, batch: int = BATCH) -> dict[str, int]:
     """Delete expired emails and their attempts, batch by batch; how many of each went."""
     deleted = {"emails": 0, "email_attempts": 0}
-    while ids := list(session.scalars(select(EmailQueue.id).where(_expired()).limit(batch))):
+    # Locked as they are picked, skipping any row being changed: an email an operator retries at
+    # this moment is pending once that commits, and must not be deleted by the ids read before.
+    expired = select(EmailQueue.id).where(_expired()).limit(batch).with_for_update(skip_locked=True)
+    while ids := list(session.scalars(expired)):
         deleted["email_attempts"] += session.execute(
             delete(EmailAttempt).where(EmailAttempt.email_id.in_(ids))
         ).rowcount
