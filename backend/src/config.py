@@ -87,6 +87,9 @@ class Settings(BaseSettings):
     db_pool_size: int = 18  # connections per process; at least 2 x API_THREADS + 2
     db_pool_timeout: float = 1.5  # a request that cannot get a connection this soon answers 503
     db_connect_timeout: int = 2  # seconds (libpq's minimum is 2)
+    # A database that stops answering without closing the connection (a network partition, a host
+    # gone): a connection waiting on it is given up after about this long, not the kernel's 15 minutes.
+    db_dead_peer_seconds: int = 10
 
     email_backend: str = ""  # "smtp", "sendgrid", "ses" or "console"; empty: smtp when SMTP_HOST is set
     sendgrid_api_key: str = ""

@@ -103,7 +103,7 @@ def configure_engine(url: str) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin_immediate)
     else:
-        connect_args = {"connect_timeout": settings.db_connect_timeout}
+        connect_args = {"connect_timeout": settings.db_connect_timeout, **_dead_peer_detection()}
         # Last in, first out: under light load the same few connections stay warm (no ping) and the
         # rest idle.
         engine = create_engine(url, pool_use_lifo=True, connect_args=connect_args, **pool)
@@ -113,6 +113,20 @@ def configure_engine(url: str) -> Engine:
     event.listen(engine, "connect", lambda *_: outages.database.ok())
     SessionLocal.configure(bind=engine)
     return engine
+
+
+def _dead_peer_detection() -> dict[str, int]:
+    """libpq's TCP settings that end a wait on a server that vanished: keepalive probes while a reply
+    is awaited (the query was sent), and a limit on data left unacknowledged (it was not)."""
+    seconds = settings.db_dead_peer_seconds
+    idle, probes = max(1, seconds // 2), 3
+    return {
+        "keepalives": 1,
+        "keepalives_idle": idle,
+        "keepalives_interval": max(1, (seconds - idle) // probes),
+        "keepalives_count": probes,
+        "tcp_user_timeout": seconds * 1000,
+    }
 
 
 def outside_transaction(session: Session) -> Session:

@@ -239,6 +239,21 @@ def timed(call, *args, **kwargs):
     return response, time.monotonic() - started
 
 
+def test_pooled_connections_give_up_on_a_server_that_vanished(on_cluster):
+    """A partition leaves no reset to end a wait: libpq's keepalive probes (while a reply is awaited)
+    and its TCP user timeout (while what was sent goes unacknowledged) bound it by DB_DEAD_PEER_SECONDS.
+    This machine's kernel refuses the netem rules that would drop the packets, so the test reads what
+    every pooled connection was opened with."""
+    from src.config import settings
+
+    with herald_db.engine.connect() as connection:
+        params = connection.connection.driver_connection.info.get_parameters()
+    idle, interval, count = (int(params[f"keepalives_{name}"]) for name in ("idle", "interval", "count"))
+    probing = idle + interval * count
+    assert params["keepalives"] == "1" and 0 < probing <= settings.db_dead_peer_seconds
+    assert params["tcp_user_timeout"] == str(settings.db_dead_peer_seconds * 1000)
+
+
 def test_task_tracebacks_of_one_outage_are_folded_into_one_line(caplog):
     import logging
 
