@@ -349,6 +349,8 @@ def test_removed_member_hears_nothing_more(servers, team):
     api_a, b = servers
     org_id, task, alice, bob, _carol = team
     api_a.patch(f"/api/tasks/{task['id']}", json={"assignee_id": bob.id}, headers=alice.headers)
+    inbox = published_inbox(api_a, bob, 2)
+    assert {i["type"] for i in inbox} == {"invitation.received", "task.assigned"}
     stream = SseClient(stream_url(b, bob))
     stream.next("unread_count")
     assert api_a.delete(f"/api/orgs/{org_id}/members/{bob.id}", headers=alice.headers).status_code == 204
@@ -356,10 +358,12 @@ def test_removed_member_hears_nothing_more(servers, team):
 
     after = api_a.get(f"/api/tasks/{task['id']}", headers=alice.headers).json()
     assert after["assignee_id"] is None and bob.id not in after["watcher_ids"]
-    before = len(api_a.get("/api/notifications", headers=bob.headers).json()["items"])
+    # What the organization told him is no longer his to read (its task titles); his invitation is.
+    kept = api_a.get("/api/notifications", headers=bob.headers).json()["items"]
+    assert [i["type"] for i in kept] == ["invitation.received"] and unread_via_api(api_a, bob) == 0
     move(api_a, task, alice, "done")
     api_a.post(f"/api/orgs/{org_id}/announcements", json={"title": "Members only"}, headers=alice.headers)
-    assert len(api_a.get("/api/notifications", headers=bob.headers).json()["items"]) == before
+    assert api_a.get("/api/notifications", headers=bob.headers).json()["items"] == kept
 
 
 def test_a_client_that_saw_no_notification_still_resumes_without_a_gap(servers, team):

@@ -19,9 +19,8 @@ from src.notifications.models import Notification
 from src.notifications.service import NotificationService, end_live_streams
 from src.orgs.models import Membership, Organization, Role
 from src.orgs.service import get_membership, require_manager
+from src.preferences.catalogue import INVITATION_RECEIVED
 from src.text import one_line
-
-INVITATION_RECEIVED = "invitation.received"
 
 
 def invite(session: Session, org_id: int, actor: User, email: str, role: Role) -> Invitation:

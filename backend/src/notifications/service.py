@@ -19,7 +19,7 @@ from src.db import SessionLocal, after_commit, insert_ignoring_duplicates, utcno
 from src.errors import NotFound
 from src.notifications.models import Notification, NotificationRead, NotificationSequence
 from src.orgs.models import Membership
-from src.preferences.catalogue import CATALOGUE, EVENT_TYPE_OF_NOTIFICATION
+from src.preferences.catalogue import CATALOGUE, EVENT_TYPE_OF_NOTIFICATION, INVITATION_RECEIVED
 from src.redis_client import sync_redis
 from src.relay import Spaced
 from src.text import one_line
@@ -68,15 +68,17 @@ def _hint(message: dict[str, Any]) -> None:
 
 def _visible_to(user_id: int | BindParameter[int]) -> Any:
     """A user's own notifications and the broadcasts of the organizations they belong to, once
-    published: a stream counts what it delivers as unread, so nothing can be read before it."""
+    published: a stream counts what it delivers as unread, so nothing can be read before it. Of an
+    organization they left, only the invitations it sent them stay: the rest tells its tasks."""
+    member_of = Notification.org_id.in_(select(Membership.org_id).where(Membership.user_id == user_id))
     return and_(
         Notification.seq.is_not(None),
         or_(
-            Notification.recipient_id == user_id,
             and_(
-                Notification.recipient_id.is_(None),
-                Notification.org_id.in_(select(Membership.org_id).where(Membership.user_id == user_id)),
+                Notification.recipient_id == user_id,
+                or_(member_of, Notification.type == INVITATION_RECEIVED),
             ),
+            and_(Notification.recipient_id.is_(None), member_of),
         ),
     )
 

@@ -21,6 +21,7 @@ IN_APP_CHOICES = ("on", "off")
 CHOICES: dict[Channel, tuple[str, ...]] = {Channel.email: EMAIL_CHOICES, Channel.in_app: IN_APP_CHOICES}
 SYSTEM_DEFAULTS: dict[Channel, str] = {Channel.email: "immediate", Channel.in_app: "on"}
 ACCOUNT = "account"  # verification, password reset, invitations: always sent, never digested
+INVITATION_RECEIVED = "invitation.received"  # the one notification of an organization one is not in
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ CATALOGUE: dict[str, EventKind] = {
             ACCOUNT,
             "Account email",
             "Address confirmation, password reset and invitations: always sent, at once.",
-            "invitation.received",
+            INVITATION_RECEIVED,
             (),
             transactional=True,
         ),
