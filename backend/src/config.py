@@ -126,6 +126,7 @@ class Settings(BaseSettings):
     notification_publish_interval: float = 5.0
     live_ping_seconds: float = 15.0
     live_send_timeout: float = 5.0
+    live_membership_check_seconds: float = 30.0  # streams whose organizations changed end this soon
     stream_token_seconds: int = 60
     streams_per_user: int = 10  # live streams (SSE and WebSocket, all processes); a new one ends the oldest
 

@@ -396,7 +396,7 @@ def api_servers(database_url: str):
     from src.devserver.processes import ApiServer
     from src.devserver.redis_server import free_port
 
-    env = {"DATABASE_URL": database_url, "LIVE_PING_SECONDS": "1"}
+    env = {"DATABASE_URL": database_url, "LIVE_PING_SECONDS": "1", "LIVE_MEMBERSHIP_CHECK_SECONDS": "1"}
     servers = [ApiServer(env, RUN_DIR / f"api-{name}.log", free_port()).start() for name in ("a", "b")]
     yield servers
     for server in servers:

@@ -5,11 +5,13 @@ from datetime import timedelta
 
 import httpx
 import pytest
+from sqlalchemy import delete
 
 from src import outages
 from src.auth.security import create_token
 from src.db import SessionLocal
 from src.notifications.service import last_seq, publish_tick
+from src.orgs.models import Membership, Role
 from tests.live import SseClient, WsClient
 
 
@@ -364,6 +366,27 @@ def test_removed_member_hears_nothing_more(servers, team):
     move(api_a, task, alice, "done")
     api_a.post(f"/api/orgs/{org_id}/announcements", json={"title": "Members only"}, headers=alice.headers)
     assert api_a.get("/api/notifications", headers=bob.headers).json()["items"] == kept
+
+
+@pytest.mark.parametrize("change", ["left", "joined"])
+def test_a_membership_change_whose_message_was_lost_still_ends_the_stream(servers, team, make_org, change):
+    """Changed in the database with no message to the streams (as when Redis was down at that moment):
+    the hub's periodic check ends the stream (LIVE_MEMBERSHIP_CHECK_SECONDS, 1 s here), and the
+    client reconnects with the organizations the user has now."""
+    _api_a, b = servers
+    org_id, _task, alice, bob, _carol = team
+    other_org = make_org(alice)
+    stream = SseClient(stream_url(b, bob))
+    stream.next("unread_count")
+    with SessionLocal() as session:
+        if change == "left":
+            bobs = delete(Membership).where(Membership.org_id == org_id, Membership.user_id == bob.id)
+            session.execute(bobs)
+        else:
+            session.add(Membership(org_id=other_org, user_id=bob.id, role=Role.member))
+        session.commit()
+    assert stream.ended.wait(5), "the stream kept the organizations it opened with"
+    stream.close()
 
 
 def test_a_client_that_saw_no_notification_still_resumes_without_a_gap(servers, team):

@@ -28,7 +28,7 @@ from types import FrameType
 from typing import Any
 
 import redis
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -38,6 +38,7 @@ from src.db import SessionLocal
 from src.notifications.models import NotificationSequence
 from src.notifications.send_watch import SendWatch
 from src.notifications.service import CHANNEL, NotificationService, last_seq
+from src.orgs.models import Membership
 from src.redis_client import async_redis
 
 log = logging.getLogger("herald.live")
@@ -100,6 +101,7 @@ class LiveHub:
         self.connected = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._pings: asyncio.Task[None] | None = None
+        self._membership_checks: asyncio.Task[None] | None = None
         self._stopping = False
         self._draining = False
         # Commands; the subscription has its own connection. Retried on a fresh connection after a
@@ -119,6 +121,9 @@ class LiveHub:
         self.cursor = await run_in_threadpool(_last_seq)
         self._task = asyncio.create_task(self._run(), name="herald-live-hub")
         self._pings = asyncio.create_task(self._ping_quiet_streams(), name="herald-live-pings")
+        self._membership_checks = asyncio.create_task(
+            self._end_streams_whose_orgs_changed(), name="herald-live-memberships"
+        )
         self.send_watch.start()
 
     def drain(self) -> None:
@@ -156,9 +161,10 @@ class LiveHub:
             except TimeoutError:
                 self._task.cancel()
                 await asyncio.gather(self._task, return_exceptions=True)
-        if self._pings:
-            self._pings.cancel()
-            await asyncio.gather(self._pings, return_exceptions=True)
+        for task in (self._pings, self._membership_checks):
+            if task:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         await self.send_watch.stop()
         if self._syncing:  # the drained streams' entries go with them
             await asyncio.gather(self._syncing, return_exceptions=True)
@@ -175,6 +181,26 @@ class LiveHub:
                     if subscriber.quiet:
                         subscriber.offer(PING)
                     subscriber.quiet = True
+
+    async def _end_streams_whose_orgs_changed(self) -> None:
+        """Every LIVE_MEMBERSHIP_CHECK_SECONDS, end the streams whose user's organizations are no longer
+        those they opened with; their clients reconnect with the current ones. A membership change
+        ends them at once through Redis (`end_live_streams`): this is for the message lost while Redis
+        was down, and for a stream that read its organizations just before a change and subscribed
+        just after the message went by. One query for all the process's streams."""
+        while True:
+            await asyncio.sleep(settings.live_membership_check_seconds)
+            streams = [s for subscribers in self.by_user.values() for s in subscribers if not s.closing]
+            if not streams:
+                continue
+            try:
+                current = await run_in_threadpool(_org_ids_of, sorted({s.user_id for s in streams}))
+            except outages.DATABASE_ERRORS as exc:
+                outages.database.failed(exc, trip_breaker=False)
+                continue
+            for stream in streams:
+                if stream.org_ids != current.get(stream.user_id, frozenset()):
+                    stream.close()
 
     async def _run(self) -> None:
         delay = 0.1
@@ -375,6 +401,22 @@ return evicted
 
 def _streams_key(user_id: int) -> str:
     return f"herald:streams:{user_id}"
+
+
+def _org_ids_of(user_ids: list[int]) -> dict[int, frozenset[int]]:
+    """The organizations of each user, in chunks of a statement's size."""
+    org_ids: dict[int, set[int]] = {}
+    with SessionLocal() as session:
+        for start in range(0, len(user_ids), 5000):
+            chunk = user_ids[start : start + 5000]
+            for user_id, org_id in session.execute(_MEMBERSHIPS, {"user_ids": chunk}):
+                org_ids.setdefault(user_id, set()).add(org_id)
+    return {user_id: frozenset(orgs) for user_id, orgs in org_ids.items()}
+
+
+_MEMBERSHIPS = select(Membership.user_id, Membership.org_id).where(
+    Membership.user_id.in_(bindparam("user_ids", expanding=True))
+)
 
 
 def _last_seq() -> int:
