@@ -193,6 +193,25 @@ def test_invalid_body_leaves_the_key_unused(client, team):
     assert count(Organization) == before + 1
 
 
+def test_a_replayed_invitation_counts_against_no_rate_limit(client, team, monkeypatch):
+    """The retry of an invitation that went through gets its first answer, even when the inviter has
+    no invitation left this hour: it sends none."""
+    from src import ratelimit
+
+    org_id, alice, *_ = team
+    monkeypatch.setattr(ratelimit.settings, "rate_limit_invite_per_account", "1/hour")
+    monkeypatch.setattr(ratelimit.settings, "rate_limit_invite_per_ip", "1000/hour")
+    body = {"email": "once@example.com"}
+    first = client.post(f"/api/orgs/{org_id}/members", json=body, headers=keyed(alice, "invite-once"))
+    assert first.status_code == 202, first.text
+    again = client.post(f"/api/orgs/{org_id}/members", json=body, headers=keyed(alice, "invite-once"))
+    assert again.status_code == 202 and again.headers["Idempotent-Replayed"] == "true"
+    assert again.json() == first.json()
+    other = {"email": "twice@example.com"}
+    refused = client.post(f"/api/orgs/{org_id}/members", json=other, headers=keyed(alice, "invite-two"))
+    assert refused.status_code == 429 and "too many invitations" in refused.json()["detail"]
+
+
 def test_a_body_nested_deeper_than_python_recurses_is_never_a_500(client, team):
     """FastAPI's parser takes a little more depth than a fresh `json.loads` deeper in the stack: around
     the limit, the body's fingerprint could not be computed (a RecursionError, answered 500)."""

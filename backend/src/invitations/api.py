@@ -23,12 +23,13 @@ def invite_member(
     request: Request,
 ) -> InvitationOut | Response:
     """Invite an address (owners and admins): it becomes a member only once its owner accepts."""
-    limit(request, "invite", account=user.id)
-    return idempotent.run(
-        lambda: InvitationOut.model_validate(
-            service.invite(session, org_id, user, body.email, body.role), from_attributes=True
-        )
-    )
+
+    def invite() -> InvitationOut:
+        limit(request, "invite", account=user.id)  # after the key's claim: a replay counts no invitation
+        invitation = service.invite(session, org_id, user, body.email, body.role)
+        return InvitationOut.model_validate(invitation, from_attributes=True)
+
+    return idempotent.run(invite)
 
 
 @router.get("/orgs/{org_id}/invitations", response_model=list[InvitationOut])
