@@ -65,6 +65,18 @@ def test_a_declared_large_body_is_refused_before_it_is_sent(api_servers):
     assert answer.startswith(b"HTTP/1.1 413 "), answer
 
 
+@pytest.mark.parametrize("path", ["/", "/assets/index.html", "/assets/app.css", "/tasks/1"])
+def test_the_web_app_is_never_served_without_its_policy(api, path):
+    """The page is also a file among its assets: opened at /assets/index.html it must not run without
+    its Content-Security-Policy, or in another site's frame."""
+    page = api.get(path)
+    assert page.status_code == 200
+    policy = page.headers["content-security-policy"]
+    assert "frame-ancestors 'none'" in policy and "object-src 'none'" in policy
+    assert page.headers["x-content-type-options"] == "nosniff"
+    assert page.headers["referrer-policy"] == "no-referrer"
+
+
 def test_api_answers_say_nosniff_and_no_store_errors_included(api, make_user):
     alice = make_user("alice")
     for response in (

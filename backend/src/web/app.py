@@ -12,6 +12,8 @@ from pathlib import Path
 from fastapi import APIRouter
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.responses import Response
+from starlette.types import Scope
 
 STATIC_DIR = Path(__file__).parent / "static"
 _INDEX = (STATIC_DIR / "index.html").read_text()
@@ -29,7 +31,19 @@ _HEADERS = {
 }
 
 router = APIRouter(include_in_schema=False)
-assets = StaticFiles(directory=STATIC_DIR)
+
+
+class _Assets(StaticFiles):
+    """The app's files, each answered with the page's headers: index.html is among them, and opened
+    as /assets/index.html it must not run without its policy (or in a frame)."""
+
+    async def get_response(self, path: str, scope: Scope) -> Response:
+        response = await super().get_response(path, scope)
+        response.headers.update(_HEADERS)
+        return response
+
+
+assets = _Assets(directory=STATIC_DIR)
 
 
 @router.get("/", response_class=HTMLResponse)
