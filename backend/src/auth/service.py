@@ -126,7 +126,9 @@ def _fingerprint(password_hash: str) -> str:
 def _mail_verification(session: Session, user: User) -> None:
     hours = settings.verification_token_hours
     token = create_token(user.id, "verify", timedelta(hours=hours), email=user.email)
-    link = f"{settings.public_url}/api/auth/verify-email?token={token}"
+    # The web app's page, where the owner confirms with a button: following a link changes nothing,
+    # as mail scanners follow every link (and would confirm an address someone else registered).
+    link = f"{settings.public_url}/#/verify?token={token}"
     _mail(session, user, "verify_email", "Confirm your address for Herald", link=link, hours=hours)
 
 
