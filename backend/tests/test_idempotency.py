@@ -329,6 +329,7 @@ def test_concurrent_requests_with_one_key_create_one_object(api_servers, client,
     for thread in threads:
         thread.join()
 
+    assert len(answers) == 20, "a request raised instead of answering"
     assert count(endpoint.model) == before + 1
     created = [
         a

@@ -239,7 +239,7 @@ def timed(call, *args, **kwargs):
     return response, time.monotonic() - started
 
 
-def test_pooled_connections_give_up_on_a_server_that_vanished(on_cluster):
+def test_pooled_connections_are_opened_with_keepalives_and_a_tcp_user_timeout(on_cluster):
     """A partition leaves no reset to end a wait: libpq's keepalive probes (while a reply is awaited)
     and its TCP user timeout (while what was sent goes unacknowledged) bound it by DB_DEAD_PEER_SECONDS.
     This machine's kernel refuses the netem rules that would drop the packets, so the test reads what

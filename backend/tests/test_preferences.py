@@ -131,17 +131,17 @@ def test_dropping_a_choice_falls_back_to_the_org_default(client, crew):
 
 
 def test_a_muted_assignment_notifies_nobody(client, crew):
-    client.post(f"/api/tasks/{crew.task['id']}/mute", headers=crew.carol.headers)
-    client.patch(
-        f"/api/tasks/{crew.task['id']}", json={"assignee_id": crew.carol.id}, headers=crew.alice.headers
-    )
+    def assign(user):
+        answer = client.patch(
+            f"/api/tasks/{crew.task['id']}", json={"assignee_id": user.id}, headers=crew.alice.headers
+        )
+        assert answer.status_code == 200 and answer.json()["assignee_id"] == user.id, answer.text
+
+    assert client.post(f"/api/tasks/{crew.task['id']}/mute", headers=crew.carol.headers).status_code == 200
+    assign(crew.carol)
     put_mine(client, crew.dave, {"preferences": {"task_assigned": {"in_app": "off"}}})
-    client.patch(
-        f"/api/tasks/{crew.task['id']}", json={"assignee_id": crew.dave.id}, headers=crew.alice.headers
-    )
-    client.patch(
-        f"/api/tasks/{crew.task['id']}", json={"assignee_id": crew.bob.id}, headers=crew.alice.headers
-    )
+    assign(crew.dave)
+    assign(crew.bob)
     with SessionLocal() as session:
         assigned = list(
             session.scalars(select(Notification.recipient_id).where(Notification.type == "task.assigned"))

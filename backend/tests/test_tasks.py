@@ -45,7 +45,8 @@ def test_create_get_and_history(client, team):
 def test_unchanged_status_records_nothing(client, team):
     org_id, alice, *_ = team
     task = create(client, org_id, alice)
-    client.patch(f"/api/tasks/{task['id']}", json={"status": "todo"}, headers=alice.headers)
+    same = client.patch(f"/api/tasks/{task['id']}", json={"status": "todo"}, headers=alice.headers)
+    assert same.status_code == 200 and same.json()["status"] == "todo", same.text
     events = client.get(f"/api/tasks/{task['id']}/events", headers=alice.headers).json()
     assert [e["kind"] for e in events] == ["created"]
 

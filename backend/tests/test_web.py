@@ -242,7 +242,9 @@ def test_the_bell_catches_up_after_the_stream_is_cut(client, team, screens, api_
     server = api_servers[0]
     server.stop()  # B's stream ends with the process
     try:
-        assert client.patch(f"/api/tasks/{task['id']}", json={"status": "in_progress"}, headers=alice.headers)
+        change = {"status": "in_progress"}
+        moved = client.patch(f"/api/tasks/{task['id']}", json=change, headers=alice.headers)
+        assert moved.status_code == 200, moved.text
     finally:
         server.start()
     expect(b.badge).to_have_text("1", timeout=15_000)
