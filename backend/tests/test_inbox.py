@@ -54,6 +54,10 @@ def test_inbox_rejects_bad_input_and_strangers(client, make_user, make_org):
     assert client.get("/api/notifications?before=abc", headers=alice.headers).status_code == 422
     empty = client.post(f"/api/orgs/{org_id}/announcements", json={"title": ""}, headers=alice.headers)
     assert empty.status_code == 422
+    assert relay.flush(5)  # published: a stranger's empty inbox says something only after that
+    assert [i["id"] for i in client.get("/api/notifications", headers=alice.headers).json()["items"]] == [
+        made["id"]
+    ]
     assert client.get("/api/notifications", headers=mallory.headers).json()["items"] == []
     assert client.post(f"/api/notifications/{made['id']}/read", headers=mallory.headers).status_code == 404
     assert client.get("/api/notifications").status_code == 401

@@ -6,6 +6,7 @@ from sqlalchemy import update
 
 from src.db import SessionLocal, utcnow
 from src.invitations.models import Invitation
+from src.relay import relay
 from tests.test_signup import mail_to
 
 
@@ -124,6 +125,7 @@ def test_only_a_confirmed_address_sees_accepts_or_declines(client, make_user, ma
     org_id = make_org(alice)
     invitation = invite(client, org_id, alice, eve.email)
     assert client.get("/api/invitations", headers=eve.headers).json() == []
+    assert relay.flush(5)  # whatever the invitation notified is published by now
     assert client.get("/api/notifications", headers=eve.headers).json()["items"] == []
     for answer in ("accept", "decline"):
         refused = client.post(f"/api/invitations/{invitation['id']}/{answer}", headers=eve.headers)
