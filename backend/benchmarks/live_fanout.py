@@ -148,7 +148,7 @@ def run(n: int, database: str) -> dict:
     with ExitStack() as stack:
         workdir, url = prepare(stack, database)
         from src.auth.models import User
-        from src.auth.security import create_token, hash_password
+        from src.auth.security import create_session_token, hash_password
         from src.db import SessionLocal
         from src.devserver.processes import ApiServer
         from src.devserver.redis_server import free_port
@@ -167,7 +167,7 @@ def run(n: int, database: str) -> dict:
             session.flush()
             session.add_all(Membership(org_id=org.id, user_id=u.id, role=Role.member) for u in users)
             session.commit()
-            tokens = [create_token(u.id, "stream", timedelta(minutes=30)) for u in users]
+            tokens = [create_session_token(u.id, password, "stream", timedelta(minutes=30)) for u in users]
             org_id = org.id
 
         floor = asyncio.run(measure_floor(n, workdir))

@@ -192,7 +192,7 @@ def seed(api: str) -> tuple[dict[int, str], dict[int, str]]:
     """10 users (inserted directly: argon2 per user is not what we measure) in one organization, 50 tasks
     with an assignee and 2-3 watchers, through the API; (access token per user id, title per task id)."""
     from src.auth.models import User
-    from src.auth.security import create_token, hash_password
+    from src.auth.security import create_session_token, hash_password
     from src.db import SessionLocal, utcnow
 
     with SessionLocal() as session:
@@ -208,7 +208,10 @@ def seed(api: str) -> tuple[dict[int, str], dict[int, str]]:
         ]
         session.add_all(users)
         session.commit()
-    tokens = {user.id: create_token(user.id, "access", timedelta(hours=12)) for user in users}
+    tokens = {
+        user.id: create_session_token(user.id, user.password_hash, "access", timedelta(hours=12))
+        for user in users
+    }
     ids = list(tokens)
     with httpx.Client(base_url=api, timeout=30) as client:
 

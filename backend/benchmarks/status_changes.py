@@ -109,7 +109,7 @@ def seed(n: int) -> tuple[list[str], list[int], set[int]]:
     """Owner, reporter, assignee and watcher, all confirmed, and n tasks; (their tokens, task ids, the ids
     of the three who hear of a change)."""
     from src.auth.models import User
-    from src.auth.security import create_token
+    from src.auth.security import create_session_token
     from src.db import SessionLocal, utcnow
     from src.orgs.models import Membership, Organization, Role
     from src.tasks.models import Task
@@ -133,7 +133,7 @@ def seed(n: int) -> tuple[list[str], list[int], set[int]]:
         ]  # fmt: skip
         session.add_all(tasks)
         session.commit()
-        tokens = [create_token(u.id, "access", timedelta(hours=2)) for u in users]
+        tokens = [create_session_token(u.id, u.password_hash, "access", timedelta(hours=2)) for u in users]
         return tokens, [t.id for t in tasks], {u.id for u in users[1:]}
 
 

@@ -183,7 +183,7 @@ def make_user(db: str, password_hash: str):
     from datetime import timedelta
 
     from src.auth.models import User
-    from src.auth.security import create_token
+    from src.auth.security import create_session_token
     from src.db import SessionLocal, utcnow
 
     def make(name: str, verified: bool = True) -> Caller:
@@ -192,7 +192,9 @@ def make_user(db: str, password_hash: str):
             user.email_verified_at = utcnow() if verified else None
             session.add(user)
             session.commit()
-        return Caller(user.id, user.email, create_token(user.id, "access", timedelta(hours=1)))
+        return Caller(
+            user.id, user.email, create_session_token(user.id, password_hash, "access", timedelta(hours=1))
+        )
 
     return make
 

@@ -8,7 +8,8 @@ import pytest
 from sqlalchemy import delete
 
 from src import outages
-from src.auth.security import create_token
+from src.auth.models import User
+from src.auth.security import create_token, password_fingerprint
 from src.db import SessionLocal
 from src.notifications.service import last_seq, publish_tick
 from src.orgs.models import Membership, Role
@@ -387,6 +388,19 @@ def test_a_membership_change_whose_message_was_lost_still_ends_the_stream(server
         session.commit()
     assert stream.ended.wait(5), "the stream kept the organizations it opened with"
     stream.close()
+
+
+def test_a_password_reset_ends_the_users_open_streams(servers, team):
+    api_a, b = servers
+    _org, _task, _alice, bob, _carol = team
+    stream = SseClient(stream_url(b, bob))
+    stream.next("unread_count")
+    with SessionLocal() as session:
+        fingerprint = password_fingerprint(session.get_one(User, bob.id).password_hash)
+    reset = create_token(bob.id, "reset", timedelta(minutes=5), pwd=fingerprint)
+    confirm = {"token": reset, "password": "a brand new password"}
+    assert api_a.post("/api/auth/password-reset/confirm", json=confirm).status_code == 200
+    assert stream.ended.wait(5), "a stream opened before the reset stayed open"
 
 
 def test_a_client_that_saw_no_notification_still_resumes_without_a_gap(servers, team):

@@ -15,7 +15,7 @@ from sqlalchemy.exc import OperationalError
 
 from src import db as herald_db
 from src.auth.models import User
-from src.auth.security import create_token
+from src.auth.security import create_session_token
 from src.db import SessionLocal, configure_engine
 from src.devserver.databases import migrate
 from src.devserver.postgres_server import PrivatePostgres
@@ -59,7 +59,8 @@ def user(on_cluster, password_hash):
         user = User(email=f"u{time.monotonic_ns()}@example.com", name="Uma", password_hash=password_hash)
         session.add(user)
         session.commit()
-    return {"Authorization": f"Bearer {create_token(user.id, 'access', timedelta(hours=1))}"}
+    token = create_session_token(user.id, password_hash, "access", timedelta(hours=1))
+    return {"Authorization": f"Bearer {token}"}
 
 
 def queue_thirty():

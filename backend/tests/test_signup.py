@@ -133,14 +133,22 @@ def test_password_reset_by_email_works_once(client, worker, sink, make_user):
     assert (known.status_code, known.json()) == (unknown.status_code, unknown.json())
     assert known.status_code == 202
     token = re.search(r"\b(ey[\w-]+\.[\w-]+\.[\w-]+)", mail_to(sink, bob.email, "Reset your")).group(1)
+    stream_token = client.post("/api/notifications/stream-token", headers=bob.headers).json()["token"]
 
     confirm = {"token": token, "password": "a brand new password"}
     assert client.post("/api/auth/password-reset/confirm", json=confirm).status_code == 200
+    # Whoever held his tokens (the reason to reset, often) holds nothing that works any more.
+    assert client.get("/api/me", headers=bob.headers).status_code == 401
+    refused = client.get(f"/api/notifications/stream?token={stream_token}")
+    assert refused.status_code == 401 and refused.json()["detail"] == "invalid or expired token"
     reused = client.post("/api/auth/password-reset/confirm", json={**confirm, "password": "yet another one"})
     assert reused.status_code == 422 and "invalid, used or expired" in reused.json()["detail"]
     assert client.post("/api/auth/login", json={"email": bob.email, "password": PASSWORD}).status_code == 401
     new_login = {"email": bob.email, "password": "a brand new password"}
-    assert client.post("/api/auth/login", json=new_login).status_code == 200
+    logged_in = client.post("/api/auth/login", json=new_login)
+    assert logged_in.status_code == 200
+    fresh = {"Authorization": f"Bearer {logged_in.json()['access_token']}"}
+    assert client.get("/api/me", headers=fresh).json()["email"] == bob.email
 
 
 def test_resend_verification_answers_alike(client, make_user):

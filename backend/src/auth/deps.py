@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session
 
 from src import logs
 from src.auth.models import User
-from src.auth.security import decode_token
+from src.auth.security import decode_claims, password_fingerprint
 from src.db import get_session, outside_transaction
 
 _bearer = HTTPBearer(auto_error=False)
@@ -23,21 +23,23 @@ def unauthorized(detail: str) -> HTTPException:
 INVALID_TOKEN = "invalid or expired token"
 
 
-def token_user_id(token: str | None, purpose: str = "access") -> int:
-    """The user id a valid token names; 401 for a missing, forged or expired one. Whether the user
-    still exists is for the caller's query to say (`INVALID_TOKEN` if not)."""
+def token_claims(token: str | None, purpose: str = "access") -> tuple[int, str | None]:
+    """(the user id a valid token names, the password fingerprint it carries); 401 for a missing,
+    forged or expired one. Whether the user still exists, with that password, is for the caller's
+    query to say (`INVALID_TOKEN` if not)."""
     if not token:
         raise unauthorized("missing bearer token")
-    user_id = decode_token(token, purpose)
-    if user_id is None:
+    claims = decode_claims(token, purpose)
+    if claims is None:
         raise unauthorized(INVALID_TOKEN)
-    return user_id
+    return int(claims["sub"]), claims.get("pwd")
 
 
 def user_from_token(session: Session, token: str | None, purpose: str = "access") -> User:
-    user = session.get(User, token_user_id(token, purpose))
-    if user is None:
-        raise unauthorized(INVALID_TOKEN)
+    user_id, fingerprint = token_claims(token, purpose)
+    user = session.get(User, user_id)
+    if user is None or fingerprint != password_fingerprint(user.password_hash):
+        raise unauthorized(INVALID_TOKEN)  # gone, or the password changed since the token was issued
     return user
 
 

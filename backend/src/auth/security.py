@@ -1,6 +1,7 @@
 """Password hashing and signed tokens."""
 
 import functools
+import hashlib
 import re
 from datetime import timedelta
 from typing import Any
@@ -38,6 +39,16 @@ def spend_a_password_check(password: str) -> None:
     """What checking a password costs, for an email with no account: answering faster would tell
     an attacker which emails are registered."""
     verify_password(_dummy_hash(), password)
+
+
+def password_fingerprint(password_hash: str) -> str:
+    """Changes with the password: a token carrying it ends with the next password change."""
+    return hashlib.sha256(password_hash.encode()).hexdigest()[:32]
+
+
+def create_session_token(user_id: int, password_hash: str, purpose: str, lifetime: timedelta) -> str:
+    """An access or stream token: one a thief holds stops working once the password is reset."""
+    return create_token(user_id, purpose, lifetime, pwd=password_fingerprint(password_hash))
 
 
 def create_token(user_id: int, purpose: str, lifetime: timedelta, **claims: Any) -> str:

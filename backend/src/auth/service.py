@@ -6,7 +6,6 @@ to an address are signed tokens bound to the state they change, which makes them
 storing them: confirming sets `email_verified_at`, resetting changes the password hash.
 """
 
-import hashlib
 from datetime import timedelta
 
 from sqlalchemy import func, select
@@ -15,17 +14,20 @@ from sqlalchemy.orm import Session
 
 from src.auth.models import User
 from src.auth.security import (
+    create_session_token,
     create_token,
     decode_claims,
     hash_password,
+    password_fingerprint,
     spend_a_password_check,
     verify_password,
 )
 from src.config import settings
-from src.db import utcnow
+from src.db import after_commit, utcnow
 from src.emails.rendering import render
 from src.emails.service import EmailService
 from src.errors import Conflict, Invalid
+from src.notifications.service import end_live_streams
 from src.text import one_line
 
 
@@ -71,7 +73,9 @@ def can_log_in(user: User) -> bool:
 
 def issue_access_token(user: User) -> tuple[str, int]:
     lifetime = timedelta(minutes=settings.access_token_expire_minutes)
-    return create_token(user.id, "access", lifetime), int(lifetime.total_seconds())
+    return create_session_token(user.id, user.password_hash, "access", lifetime), int(
+        lifetime.total_seconds()
+    )
 
 
 def resend_verification(session: Session, email: str) -> None:
@@ -99,7 +103,7 @@ def request_password_reset(session: Session, email: str) -> None:
     if user is not None:
         minutes = settings.password_reset_token_minutes
         token = create_token(
-            user.id, "reset", timedelta(minutes=minutes), pwd=_fingerprint(user.password_hash)
+            user.id, "reset", timedelta(minutes=minutes), pwd=password_fingerprint(user.password_hash)
         )
         confirm_url = f"{settings.public_url}/api/auth/password-reset/confirm"
         _mail(session, user, "password_reset", "Reset your Herald password",
@@ -112,15 +116,12 @@ def reset_password(session: Session, token: str, new_password: str) -> None:
     so cannot be used again. Following it also proves the address is the caller's."""
     claims = decode_claims(token, "reset")
     user = session.get(User, int(claims["sub"])) if claims else None
-    if user is None or claims is None or claims.get("pwd") != _fingerprint(user.password_hash):
+    if user is None or claims is None or claims.get("pwd") != password_fingerprint(user.password_hash):
         raise Invalid("this reset code is invalid, used or expired; ask for a new one")
-    user.password_hash = hash_password(new_password)
+    user.password_hash = hash_password(new_password)  # which ends its access and stream tokens
     user.email_verified_at = user.email_verified_at or utcnow()
+    after_commit(session, lambda: end_live_streams(user.id))  # and the streams they opened
     session.commit()
-
-
-def _fingerprint(password_hash: str) -> str:
-    return hashlib.sha256(password_hash.encode()).hexdigest()[:32]
 
 
 def _mail_verification(session: Session, user: User) -> None:

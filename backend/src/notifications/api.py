@@ -10,8 +10,8 @@ from fastapi import APIRouter, Header, HTTPException, Query, Request, WebSocket,
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from src.auth.deps import INVALID_TOKEN, CurrentUser, DbSession, token_user_id, unauthorized
-from src.auth.security import create_token
+from src.auth.deps import INVALID_TOKEN, CurrentUser, DbSession, token_claims, unauthorized
+from src.auth.security import create_session_token
 from src.config import settings
 from src.db import SessionLocal, outside_transaction
 from src.idempotency.deps import Idempotent
@@ -66,7 +66,8 @@ def stream_token(user: CurrentUser) -> StreamToken:
     """A short-lived token for EventSource and WebSocket clients, which cannot send headers."""
     lifetime = timedelta(seconds=settings.stream_token_seconds)
     return StreamToken(
-        token=create_token(user.id, "stream", lifetime), expires_in=settings.stream_token_seconds
+        token=create_session_token(user.id, user.password_hash, "stream", lifetime),
+        expires_in=settings.stream_token_seconds,
     )
 
 
@@ -106,11 +107,11 @@ def _stream_start(authorization: str | None, query_string: bytes) -> live.Stream
     Uses its own short session: a stream lives for hours and must not hold a connection.
     """
     if authorization and authorization.lower().startswith("bearer "):
-        user_id = token_user_id(authorization[7:].strip())
+        user_id, fingerprint = token_claims(authorization[7:].strip())
     else:
-        user_id = token_user_id(_query_token(query_string), purpose="stream")
+        user_id, fingerprint = token_claims(_query_token(query_string), purpose="stream")
     with outside_transaction(SessionLocal()) as session:
-        start = live.stream_start(session, user_id)
+        start = live.stream_start(session, user_id, fingerprint)
     if start is None:
         raise unauthorized(INVALID_TOKEN)
     return start

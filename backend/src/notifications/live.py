@@ -33,6 +33,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from src import outages
+from src.auth.security import password_fingerprint
 from src.config import settings
 from src.db import SessionLocal
 from src.notifications.models import NotificationSequence
@@ -440,10 +441,14 @@ class StreamStart:
     watermark: int  # the highest seq given out when `unread` was counted
 
 
-def stream_start(session: Session, user_id: int) -> StreamStart | None:
-    """What the user's stream starts from; None if the user no longer exists."""
+def stream_start(session: Session, user_id: int, fingerprint: str | None) -> StreamStart | None:
+    """What the user's stream starts from; None if the user no longer exists, or their password
+    changed since the token (`fingerprint`) was issued."""
     snapshot = NotificationService.stream_snapshot(session, user_id)
-    return None if snapshot is None else StreamStart(user_id, *snapshot)
+    if snapshot is None:
+        return None
+    password_hash, *start = snapshot
+    return StreamStart(user_id, *start) if fingerprint == password_fingerprint(password_hash) else None
 
 
 _JSON = json.JSONEncoder(separators=(",", ":"))  # one: json.dumps with options builds one per call

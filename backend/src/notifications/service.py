@@ -106,7 +106,7 @@ _UNREAD_SNAPSHOT = select(*_unread_snapshot_columns())
 # What a stream starts from, in one statement: a row per membership of the user (one with no
 # organization for a user in none, none for a user who is gone), each with the unread snapshot.
 _STREAM_SNAPSHOT = (
-    select(Membership.org_id, *_unread_snapshot_columns())
+    select(Membership.org_id, User.password_hash, *_unread_snapshot_columns())
     .select_from(User)
     .outerjoin(Membership, Membership.user_id == User.id)
     .where(User.id == bindparam("user_id"))
@@ -264,14 +264,15 @@ class NotificationService:
         return unread or 0, last_seq or 0
 
     @staticmethod
-    def stream_snapshot(session: Session, user_id: int) -> tuple[frozenset[int], int, int] | None:
-        """(the user's organization ids, `unread_snapshot()`) from one statement; None if the user
-        no longer exists."""
+    def stream_snapshot(session: Session, user_id: int) -> tuple[str, frozenset[int], int, int] | None:
+        """(the user's password hash, which their tokens are checked against, their organization
+        ids, `unread_snapshot()`) from one statement; None if the user no longer exists."""
         rows = session.execute(_STREAM_SNAPSHOT, {"user_id": user_id}).all()
         if not rows:
             return None
-        _, unread, last_seq = rows[0]
-        return frozenset(org_id for org_id, *_ in rows if org_id is not None), unread or 0, last_seq or 0
+        _, password_hash, unread, last_seq = rows[0]
+        org_ids = frozenset(org_id for org_id, *_ in rows if org_id is not None)
+        return password_hash, org_ids, unread or 0, last_seq or 0
 
     @staticmethod
     def published_since(
