@@ -255,8 +255,21 @@ def test_a_421_to_rcpt_reconnects_for_the_next_email(to_sink):
 
 def test_a_long_batch_renews_its_lease(to_sink, monkeypatch):
     monkeypatch.setattr(delivery.settings, "email_lease_seconds", 0)  # due for renewal before every send
+    renewals = []
+
+    def renew_and_note(session, claim, emails):
+        renewed = claims.renew(session, claim, emails)
+        renewals.append(([e.id for e in emails], renewed))
+        return renewed
+
+    monkeypatch.setattr(delivery, "renew", renew_and_note)
     assert delivery.deliver().sent == 3
     assert statuses() == [(EmailStatus.sent, 1)] * 3
+    # Each email's lease renewed before it was sent, for it and those after it, and each renewal held.
+    unsent = [ids for ids, _ in renewals]
+    assert all(renewed for _, renewed in renewals) and [len(ids) for ids in unsent][:1] == [3]
+    with SessionLocal() as session:
+        assert {ids[0] for ids in unsent} == set(session.scalars(select(EmailQueue.id)))
 
 
 def test_a_batch_stops_where_its_claim_was_lost(to_sink, monkeypatch):
