@@ -73,9 +73,8 @@ def can_log_in(user: User) -> bool:
 
 def issue_access_token(user: User) -> tuple[str, int]:
     lifetime = timedelta(minutes=settings.access_token_expire_minutes)
-    return create_session_token(user.id, user.password_hash, "access", lifetime), int(
-        lifetime.total_seconds()
-    )
+    token = create_session_token(user.id, user.password_hash, "access", lifetime)
+    return token, int(lifetime.total_seconds())
 
 
 def resend_verification(session: Session, email: str) -> None:

@@ -261,7 +261,7 @@ def send_claimed(session: Session, claim: Claim) -> Delivery:
     margin = settings.email_lease_seconds * 0.1
     suppressed = suppressed_among(session, [e.to_email for e in claim.emails])
     session.commit()  # not a transaction left open while sending
-    reached_server = False  # a reply came from it in this batch
+    reached_server = False  # the server replied to this batch (an unsent, suppressed email does not count)
 
     def before_accept() -> None:
         """The previous outcome is written, and the lease still holds for the email being sent (the
@@ -287,7 +287,8 @@ def send_claimed(session: Session, claim: Claim) -> Delivery:
                 reached_server = True
             except DeliveryError as exc:
                 error = exc
-                reached_server = reached_server or not (exc.broken or isinstance(exc, AddressSuppressed))
+                if not exc.broken and suppression is None:
+                    reached_server = True  # it answered, if only to refuse
                 if exc.broken and connection is not None:
                     connection.close()
                 connection = None if exc.broken else connection
