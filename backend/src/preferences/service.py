@@ -5,7 +5,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import bindparam, delete, literal, null, select, union_all
+from sqlalchemy import bindparam, delete, exists, literal, null, select, union_all
 from sqlalchemy.orm import Session
 
 from src.db import insert_or_ignore
@@ -162,6 +162,11 @@ def set_muted(session: Session, task_id: int, user_id: int, muted: bool) -> None
         session.execute(insert_or_ignore(session, TaskMute).values(task_id=task_id, user_id=user_id))
     else:
         session.execute(delete(TaskMute).where(TaskMute.task_id == task_id, TaskMute.user_id == user_id))
+
+
+def muted_by(user_id: Any, task_id: Any) -> Any:
+    """Whether the user muted the task, as a column of a statement that reads the task anyway."""
+    return exists().where(TaskMute.user_id == user_id, TaskMute.task_id == task_id).label("muted")
 
 
 _MUTED = select(TaskMute.task_id).where(

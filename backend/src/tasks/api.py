@@ -78,10 +78,8 @@ def get_task(task_id: PathId, user: CurrentUser, session: DbSession) -> TaskOut:
 
 @router.patch("/tasks/{task_id}")
 def update_task(task_id: PathId, body: TaskPatch, user: CurrentUser, session: DbSession) -> TaskOut:
-    # Read in the change's own transaction: after its commit, the read would take another one.
-    muted = muted_among(session, user.id, [task_id])
-    task, watchers = service.update_task(session, task_id, user, body)
-    return _task_out(task, watchers, task_id in muted)
+    change = service.update_task(session, task_id, user, body)
+    return _task_out(change.task, change.watchers, change.muted)
 
 
 @router.post("/tasks/{task_id}/watchers/{user_id}")

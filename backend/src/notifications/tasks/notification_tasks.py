@@ -26,9 +26,9 @@ def send_notification(user_id: int, type: str, payload: dict[str, Any]) -> int:
         org_id = payload.get("org_id") or min(org_ids, default=None)
         if org_id not in org_ids:
             raise ValueError(f"user {user_id} is not a member of organization {org_id}")
-        [notification] = NotificationService.notify(session, org_id, [user_id], type, title, body, data)
+        [notification_id] = NotificationService.notify(session, org_id, [user_id], type, title, body, data)
         session.commit()
-        return notification.id
+        return notification_id
 
 
 @app.task
