@@ -135,7 +135,15 @@ def outside_transaction(session: Session) -> Session:
     Call it before the session's first query. SQLite keeps its transactions (they take its lock)."""
     if session.get_bind().dialect.name == "postgresql":
         session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+        session.info["outside_transaction"] = session.get_transaction()
     return session
+
+
+def _holds_transaction(session: Session) -> bool:
+    """Whether closing the session sends a ROLLBACK: not when it read outside a transaction and has
+    begun no other since."""
+    current = session.get_transaction()
+    return current is not None and current is not session.info.get("outside_transaction")
 
 
 def insert_or_ignore(session: Session | Connection, target: Any) -> Any:
@@ -165,12 +173,12 @@ async def get_session() -> AsyncIterator[Session]:
     wait for one of API_THREADS. One still in a transaction (a request that only read) is closed on a
     worker thread, as its ROLLBACK waits on the database: shielded, so a client that leaves cannot
     strand its connection, and outside API_THREADS, so it never waits for a request that waits for
-    a connection."""
+    a connection. One that read outside a transaction has nothing to roll back and closes at once."""
     session = SessionLocal()
     try:
         yield session
     finally:
-        if session.in_transaction():
+        if _holds_transaction(session):
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(close_quietly, session, limiter=anyio.CapacityLimiter(1))
         else:

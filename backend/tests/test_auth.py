@@ -95,21 +95,28 @@ def test_register_refuses_addresses_plain_smtp_cannot_reach(client):
 
 
 def test_the_callers_lookup_runs_outside_a_transaction_on_postgresql(client, make_user, database_url):
-    """Authentication is one read: on PostgreSQL it needs no BEGIN and COMMIT round trips. The
-    endpoint's own queries still run in a transaction."""
+    """Authentication is one read: on PostgreSQL it needs no BEGIN and COMMIT round trips. So is a
+    task's read; a change's queries still run in a transaction."""
     if not database_url.startswith("postgresql"):
         pytest.skip("SQLite reads in a transaction, which takes its lock")
     alice = make_user("alice")
-    in_transaction: dict[str, bool] = {}
 
-    def note(conn, _cursor, statement, *_args):
-        table = "users" if "FROM users" in statement else "tasks" if "FROM tasks" in statement else None
-        if table and table not in in_transaction:
-            in_transaction[table] = not conn.connection.driver_connection.autocommit
+    def tables_in_transaction(method: str) -> dict[str, bool]:
+        in_transaction: dict[str, bool] = {}
 
-    event.listen(db.engine, "before_cursor_execute", note)
-    try:
-        assert client.get("/api/tasks/999999", headers=alice.headers).status_code == 404
-    finally:
-        event.remove(db.engine, "before_cursor_execute", note)
-    assert in_transaction == {"users": False, "tasks": True}
+        def note(conn, _cursor, statement, *_args):
+            table = "users" if "FROM users" in statement else "tasks" if "FROM tasks" in statement else None
+            if table and table not in in_transaction:
+                in_transaction[table] = not conn.connection.driver_connection.autocommit
+
+        event.listen(db.engine, "before_cursor_execute", note)
+        try:
+            body = {"status": "done"} if method == "PATCH" else None
+            reply = client.request(method, "/api/tasks/999999", json=body, headers=alice.headers)
+            assert reply.status_code == 404
+        finally:
+            event.remove(db.engine, "before_cursor_execute", note)
+        return in_transaction
+
+    assert tables_in_transaction("GET") == {"users": False, "tasks": False}
+    assert tables_in_transaction("PATCH") == {"users": False, "tasks": True}

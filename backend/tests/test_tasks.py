@@ -42,6 +42,39 @@ def test_create_get_and_history(client, team):
     ]
 
 
+def test_a_read_and_a_change_show_every_watcher_in_order_and_the_callers_mute(client, make_user, make_org):
+    """Watchers come back from the task's own query as one joined string: ids past 9 must still
+    sort as numbers, and a patch of several fields records each change once."""
+    people = [make_user(f"user{i}") for i in range(12)]
+    owner, watchers = people[0], [people[11], people[2], people[10]]
+    org_id = make_org(*people)
+    task = create(client, org_id, owner, watcher_ids=[w.id for w in watchers])
+    expected = sorted(w.id for w in watchers)
+    assert expected[-1] >= 10 and task["watcher_ids"] == expected
+    assert client.post(f"/api/tasks/{task['id']}/mute", headers=owner.headers).status_code == 200
+
+    read = client.get(f"/api/tasks/{task['id']}", headers=owner.headers).json()
+    assert read["watcher_ids"] == expected and read["muted"] is True
+    other = client.get(f"/api/tasks/{task['id']}", headers=people[2].headers).json()
+    assert other["muted"] is False
+
+    patch = {"title": "Fix logout", "description": "Now", "assignee_id": people[2].id, "status": "done"}
+    changed = client.patch(f"/api/tasks/{task['id']}", json=patch, headers=owner.headers)
+    assert changed.status_code == 200, changed.text
+    body = changed.json()
+    assert {key: body[key] for key in patch} == patch
+    assert body["watcher_ids"] == expected and body["muted"] is True
+    assert body["updated_at"] > task["updated_at"]
+    assert client.get(f"/api/tasks/{task['id']}", headers=owner.headers).json() == body
+    events = client.get(f"/api/tasks/{task['id']}/events", headers=owner.headers).json()
+    assert [(e["kind"], e["old_value"], e["new_value"]) for e in events[1:]] == [
+        ("title_changed", "Fix login", "Fix logout"),
+        ("description_changed", None, None),
+        ("assignee_changed", None, str(people[2].id)),
+        ("status_changed", "todo", "done"),
+    ]
+
+
 def test_unchanged_status_records_nothing(client, team):
     org_id, alice, *_ = team
     task = create(client, org_id, alice)

@@ -5,6 +5,7 @@ from fastapi.responses import Response
 from sqlalchemy.orm import Session
 
 from src.auth.deps import CurrentUser, DbSession
+from src.db import outside_transaction
 from src.idempotency.deps import Idempotent
 from src.preferences.service import muted_among, set_muted
 from src.tasks import service
@@ -70,16 +71,19 @@ def list_tasks(
     return TaskPage(items=out, total=total, limit=limit, offset=offset)
 
 
+def _view_out(view: service.TaskView) -> TaskOut:
+    return _task_out(view.task, view.watchers, view.muted)
+
+
 @router.get("/tasks/{task_id}")
 def get_task(task_id: PathId, user: CurrentUser, session: DbSession) -> TaskOut:
-    task = service.get_task(session, task_id, user)
-    return _own_task_out(session, user.id, task, service.watcher_ids(session, [task.id])[task.id])
+    # One statement needs no transaction: outside one, no BEGIN and ROLLBACK round trips.
+    return _view_out(service.view_task(outside_transaction(session), task_id, user))
 
 
 @router.patch("/tasks/{task_id}")
 def update_task(task_id: PathId, body: TaskPatch, user: CurrentUser, session: DbSession) -> TaskOut:
-    change = service.update_task(session, task_id, user, body)
-    return _task_out(change.task, change.watchers, change.muted)
+    return _view_out(service.update_task(session, task_id, user, body))
 
 
 @router.post("/tasks/{task_id}/watchers/{user_id}")

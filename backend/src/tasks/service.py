@@ -5,7 +5,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import Row, String, bindparam, cast, func, insert, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -127,12 +127,18 @@ _AUDIENCE = (
     )
     .order_by(User.id)
 )
-# What a change starts from, in one round trip: the task locked, its organization's name (for the
-# emails) and whether the caller muted it (for the answer).
+# A task as an answer shows it, in one round trip: with its watchers (as "3,7,12") and whether the
+# caller muted it. Three queries before, they were most of a read's database time.
+_WATCHERS_OF_TASK = (
+    select(func.aggregate_strings(cast(task_watchers.c.user_id, String), ","))
+    .where(task_watchers.c.task_id == Task.id)
+    .scalar_subquery()
+)
+_TASK_VIEW = select(Task, _WATCHERS_OF_TASK, muted_by(bindparam("user_id"), Task.id)).where(_TASK.whereclause)
+# What a change starts from: that, locked, and its organization's name for the emails.
 _TASK_TO_CHANGE = (
-    select(Task, Organization.name, muted_by(bindparam("user_id"), Task.id))
+    _TASK_VIEW.add_columns(Organization.name)
     .join(Organization, Organization.id == Task.org_id)
-    .where(_TASK.whereclause)
     .with_for_update(of=Task)
     .execution_options(populate_existing=True)
 )
@@ -174,20 +180,35 @@ def list_tasks(
 
 
 @dataclass
-class Change:
-    """A task as a PATCH left it: with its watchers and the caller's mute, what the answer shows."""
+class TaskView:
+    """A task with its watchers and whether the caller muted it: what an answer shows."""
 
     task: Task
     watchers: list[int]
     muted: bool
 
 
-def update_task(session: Session, task_id: int, actor: User, patch: TaskPatch) -> Change:
-    row = session.execute(_TASK_TO_CHANGE, {"task_id": task_id, "user_id": actor.id}).one_or_none()
+def _found(row: Row[Any] | None) -> Row[Any]:
     if row is None:
         raise NotFound("task not found")
-    task, org_name, muted = row
-    watchers = watcher_ids(session, [task.id])[task.id]
+    return row
+
+
+def _ids(joined: str | None) -> list[int]:
+    return sorted(int(part) for part in joined.split(",")) if joined else []
+
+
+def view_task(session: Session, task_id: int, user: User) -> TaskView:
+    task, watchers, muted = _found(
+        session.execute(_TASK_VIEW, {"task_id": task_id, "user_id": user.id}).one_or_none()
+    )
+    return TaskView(task, _ids(watchers), muted)
+
+
+def update_task(session: Session, task_id: int, actor: User, patch: TaskPatch) -> TaskView:
+    row = session.execute(_TASK_TO_CHANGE, {"task_id": task_id, "user_id": actor.id}).one_or_none()
+    task, joined_watchers, muted, org_name = _found(row)
+    watchers = _ids(joined_watchers)
     sent = patch.model_fields_set
     if "status" in sent and patch.status is None:
         raise Invalid("status cannot be null")
@@ -220,7 +241,7 @@ def update_task(session: Session, task_id: int, actor: User, patch: TaskPatch) -
     if status_event is not None:
         _announce_status(session, task, actor, old_status, status_event, watchers, org_name)
     session.commit()
-    return Change(task, watchers, muted)
+    return TaskView(task, watchers, muted)
 
 
 def _save(session: Session, task: Task, changes: dict[str, Any]) -> None:
