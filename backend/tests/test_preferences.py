@@ -1,6 +1,5 @@
 """Preferences as the outbox sees them: the rows a status change writes, on both databases."""
 
-import threading
 from types import SimpleNamespace
 
 import pytest
@@ -11,7 +10,6 @@ from src.db import SessionLocal
 from src.emails.models import EmailQueue
 from src.notifications.models import Notification
 from src.preferences.models import DigestItem
-from src.preferences.service import recipient_choices
 
 
 @pytest.fixture
@@ -149,28 +147,29 @@ def test_a_muted_assignment_notifies_nobody(client, crew):
     assert assigned == [crew.bob.id]
 
 
-def test_choices_for_every_recipient_take_one_query(client, crew):
+def test_recipients_and_their_choices_take_one_query(client, crew, make_user, make_org):
+    """A status change reads who hears of it and what each chose (their own choice, the
+    organization's default, a mute) in the statement that reads the recipients."""
     put_mine(client, crew.carol, {"preferences": {"task_status_changed": {"email": "off", "in_app": "off"}}})
     client.post(f"/api/tasks/{crew.task['id']}/mute", headers=crew.dave.headers)
+    other_owner = make_user("olga")
+    other_org = make_org(other_owner)  # its default must not reach Alice's organization
+    defaults = {"defaults": {"task_status_changed": {"email": "digest"}}}
+    url = f"/api/orgs/{other_org}/notification-defaults"
+    assert client.put(url, json=defaults, headers=other_owner.headers).status_code == 200
     statements = []
-    here = threading.get_ident()  # not the relay thread's publishing of the requests' notifications
 
     def listener(*args):
-        if threading.get_ident() == here:
-            statements.append(args[2])
+        statements.append(args[2])
 
     event.listen(herald_db.engine, "before_cursor_execute", listener)
     try:
-        with SessionLocal() as session:
-            ids = [crew.alice.id, crew.carol.id, crew.dave.id]
-            choices = recipient_choices(session, crew.org_id, "task_status_changed", ids, crew.task["id"])
+        emails, digests, in_app = change(client, crew, "in_progress")
     finally:
         event.remove(herald_db.engine, "before_cursor_execute", listener)
-    queries = [s for s in statements if s.lstrip().upper().startswith(("SELECT", "WITH"))]
-    assert len(queries) == 1 and "UNION ALL" in queries[0], statements  # one round trip for everyone
-    assert (choices[crew.alice.id].email, choices[crew.alice.id].in_app) == ("immediate", True)
-    assert (choices[crew.carol.id].email, choices[crew.carol.id].in_app) == ("off", False)
-    assert (choices[crew.dave.id].email, choices[crew.dave.id].in_app) == ("off", False)
+    choices = [s for s in statements if "notification_preferences" in s and s.lstrip().startswith("SELECT")]
+    assert len(choices) == 1 and "FROM users" in choices[0] and "task_mutes" in choices[0], choices
+    assert (emails, digests, in_app) == ({"alice"}, set(), {"alice"})
 
 
 def test_the_catalogue_has_labels_and_says_what_each_type_offers(client, crew):

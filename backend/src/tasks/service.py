@@ -19,7 +19,7 @@ from src.notifications.service import NotificationService
 from src.orgs.models import Membership, Organization
 from src.orgs.service import member_ids, require_member
 from src.preferences.catalogue import EventType
-from src.preferences.service import muted_by, recipient_choices
+from src.preferences.service import Choice, choice_columns, choice_of, muted_by
 from src.preferences.unsubscribe import list_unsubscribe_headers, preferences_url, unsubscribe_url
 from src.ratelimit import limit
 from src.tasks import digests
@@ -70,14 +70,28 @@ def watcher_ids(session: Session, task_ids: Iterable[int]) -> dict[int, list[int
     return watchers
 
 
-def audience(session: Session, task: Task, actor: User, watchers: list[int]) -> list[User]:
-    """Who hears about a change: assignee, reporter and watchers who are still members of the
-    organization, never the person who made it."""
+def audience(session: Session, task: Task, actor: User, watchers: list[int]) -> list[tuple[User, Choice]]:
+    """Who hears about a status change, with what each chose for it: assignee, reporter and watchers
+    who are still members of the organization, never the person who made it."""
     ids = {task.reporter_id, *watchers}
     if task.assignee_id is not None:
         ids.add(task.assignee_id)
     ids.discard(actor.id)
-    return list(session.scalars(_AUDIENCE, {"user_ids": sorted(ids), "org_id": task.org_id}))
+    return _recipients(session, task, ids, EventType.task_status_changed)
+
+
+def _recipients(
+    session: Session, task: Task, user_ids: Iterable[int], event_type: str
+) -> list[tuple[User, Choice]]:
+    """Those of these users who are members of the task's organization, each with their choice for
+    the event: one query."""
+    parameters = {
+        "user_ids": sorted(user_ids),
+        "org_id": task.org_id,
+        "event_type": event_type,
+        "task_id": task.id,
+    }
+    return [(user, choice_of(*choice)) for user, *choice in session.execute(_RECIPIENTS, parameters)]
 
 
 def create_task(
@@ -119,8 +133,8 @@ _TASK = select(Task).where(
     Task.org_id.in_(select(Membership.org_id).where(Membership.user_id == bindparam("user_id"))),
 )
 _TASK_FOR_UPDATE = _TASK.with_for_update(of=Task).execution_options(populate_existing=True)
-_AUDIENCE = (
-    select(User)
+_RECIPIENTS = (
+    select(User, *choice_columns(User.id))
     .where(
         User.id.in_(bindparam("user_ids", expanding=True)),
         User.id.in_(select(Membership.user_id).where(Membership.org_id == bindparam("org_id"))),
@@ -266,18 +280,16 @@ def _announce_status(
 ) -> None:
     """The emails and notifications a status change causes, written in the change's transaction."""
     recipients = audience(session, task, actor, watchers)
-    event_type = EventType.task_status_changed
-    choices = recipient_choices(session, task.org_id, event_type, [user.id for user in recipients], task.id)
-    by_email = {"immediate": [], "digest": [], "off": []}
-    for user in recipients:
-        by_email[choices[user.id].email].append(user)
+    by_email: dict[str, list[User]] = {"immediate": [], "digest": [], "off": []}
+    for user, choice in recipients:
+        by_email[choice.email].append(user)
     _queue_status_emails(session, task, actor, by_email["immediate"], old_status.value, event_id, org_name)
     digest_ids = [user.id for user in by_email["digest"]]
-    digests.collect(session, digest_ids, task.org_id, task.id, event_id, event_type)
+    digests.collect(session, digest_ids, task.org_id, task.id, event_id, EventType.task_status_changed)
     NotificationService.notify(
         session,
         task.org_id,
-        [user.id for user in recipients if choices[user.id].in_app],
+        [user.id for user, choice in recipients if choice.in_app],
         "task.status_changed",
         f"{actor.name} moved “{task.title}” to {task.status.value}",
         data={
@@ -348,8 +360,8 @@ def _queue_status_emails(
 def _notify_assignee(session: Session, task: Task, actor: User) -> None:
     if task.assignee_id is None or task.assignee_id == actor.id:
         return
-    choices = recipient_choices(session, task.org_id, EventType.task_assigned, [task.assignee_id], task.id)
-    if choices[task.assignee_id].in_app:
+    [(_, choice)] = _recipients(session, task, [task.assignee_id], EventType.task_assigned)
+    if choice.in_app:
         NotificationService.notify(
             session,
             task.org_id,
