@@ -33,10 +33,12 @@ YOUNG_LEFT = YOUNG_THRESHOLD // 10  # fewer survivors than this in the young gen
 
 
 def configure() -> None:
-    """Call once the process has started (the app imported), before it serves."""
+    """Call once the process has started (the app imported), before it serves. The freeze is done
+    once per process: an app started again in it (each test's) must not freeze what came since."""
     gc.set_threshold(YOUNG_THRESHOLD, MIDDLE_THRESHOLD, OLD_THRESHOLD)
-    gc.collect()  # what startup left as garbage is freed, not kept for good
-    gc.freeze()
+    if not gc.get_freeze_count():
+        gc.collect()  # what startup left as garbage is freed, not kept for good
+        gc.freeze()
 
 
 async def collect_when_quiet() -> None:

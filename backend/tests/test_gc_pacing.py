@@ -34,6 +34,7 @@ def test_what_exists_at_startup_is_left_out_of_every_collection():
     """Modules, classes and routes live as long as the process: a full collection that walked them
     stopped every request in an API process for 80-130 ms. Garbage left by startup is freed first."""
     thresholds = gc.get_threshold()
+    gc.unfreeze()  # as in a process that has just started (this one may have started an app before)
     for_good = [[n] for n in range(10_000)]  # made at startup, as an app's objects are
     garbage = Node()
     garbage.self = garbage  # a cycle nothing refers to once `garbage` is deleted
@@ -44,6 +45,9 @@ def test_what_exists_at_startup_is_left_out_of_every_collection():
         tracked = {id(o) for o in gc.get_objects()}  # generations 0-2: what collections walk
         assert gc.get_freeze_count() >= len(for_good)
         assert id(for_good[-1]) not in tracked and freed() is None
+        later = [[n] for n in range(10)]  # made after startup, by requests (or a later test's app)
+        gc_pacing.configure()
+        assert any(o is later[-1] for o in gc.get_objects()), "frozen by a second start"
     finally:
         gc.unfreeze()
         gc.set_threshold(*thresholds)

@@ -1,3 +1,6 @@
+import threading
+import time
+
 import pytest
 
 
@@ -267,3 +270,51 @@ def test_a_page_of_tasks_shows_each_tasks_own_watchers(client, team):
         (none["id"], []),
         (both["id"], sorted([bob.id, carol.id])),
     ]
+
+
+def test_a_change_that_waited_for_the_task_hears_the_watcher_added_meanwhile(client, team, database_url):
+    """A change locks its task, and whoever held the lock may have added a watcher: what the change
+    then reads of its watchers must include that one (read after the lock, not with it)."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("SQLite's write lock serializes whole transactions: nothing is read before it")
+    from sqlalchemy import insert, select, text
+
+    from src.db import SessionLocal
+    from src.notifications.models import Notification
+    from src.tasks.models import Task, task_watchers
+
+    org_id, alice, bob, carol = team
+    task = create(client, org_id, alice, assignee_id=bob.id)
+    holder = SessionLocal()  # as `POST /api/tasks/{id}/watchers/{carol}` holds it
+    holder.execute(select(Task).where(Task.id == task["id"]).with_for_update())
+    holder.execute(insert(task_watchers).values(task_id=task["id"], user_id=carol.id))
+    replies = []
+    change = threading.Thread(
+        target=lambda: replies.append(
+            client.patch(f"/api/tasks/{task['id']}", json={"status": "done"}, headers=bob.headers)
+        )
+    )
+    change.start()
+    try:
+        waiting = (
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE wait_event_type = 'Lock' AND datname = current_database()"
+        )
+        deadline = time.monotonic() + 10
+        while not holder.execute(text(waiting)).scalar() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert holder.execute(text(waiting)).scalar(), "the change never waited for the lock"
+    finally:
+        holder.commit()
+        holder.close()
+    change.join(10)
+    [reply] = replies
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["watcher_ids"] == [carol.id]
+    with SessionLocal() as session:
+        told = set(
+            session.scalars(
+                select(Notification.recipient_id).where(Notification.type == "task.status_changed")
+            )
+        )
+    assert told == {alice.id, carol.id}

@@ -149,10 +149,13 @@ _WATCHERS_OF_TASK = (
     .scalar_subquery()
 )
 _TASK_VIEW = select(Task, _WATCHERS_OF_TASK, muted_by(bindparam("user_id"), Task.id)).where(_TASK.whereclause)
-# What a change starts from: that, locked, and its organization's name for the emails.
+# What a change starts from: the task locked, the caller's mute and its organization's name for the
+# emails. Not its watchers: the statement's snapshot is taken before it waits for the lock, so a
+# watcher added by whoever held it would be missing. They are read by the next statement.
 _TASK_TO_CHANGE = (
-    _TASK_VIEW.add_columns(Organization.name)
+    select(Task, muted_by(bindparam("user_id"), Task.id), Organization.name)
     .join(Organization, Organization.id == Task.org_id)
+    .where(_TASK.whereclause)
     .with_for_update(of=Task)
     .execution_options(populate_existing=True)
 )
@@ -221,8 +224,8 @@ def view_task(session: Session, task_id: int, user: User) -> TaskView:
 
 def update_task(session: Session, task_id: int, actor: User, patch: TaskPatch) -> TaskView:
     row = session.execute(_TASK_TO_CHANGE, {"task_id": task_id, "user_id": actor.id}).one_or_none()
-    task, joined_watchers, muted, org_name = _found(row)
-    watchers = _ids(joined_watchers)
+    task, muted, org_name = _found(row)
+    watchers = watcher_ids(session, [task.id])[task.id]
     sent = patch.model_fields_set
     if "status" in sent and patch.status is None:
         raise Invalid("status cannot be null")
@@ -360,16 +363,16 @@ def _queue_status_emails(
 def _notify_assignee(session: Session, task: Task, actor: User) -> None:
     if task.assignee_id is None or task.assignee_id == actor.id:
         return
-    [(_, choice)] = _recipients(session, task, [task.assignee_id], EventType.task_assigned)
-    if choice.in_app:
-        NotificationService.notify(
-            session,
-            task.org_id,
-            [task.assignee_id],
-            "task.assigned",
-            f"{actor.name} assigned you “{task.title}”",
-            data={"task_id": task.id, "actor_id": actor.id},
-        )
+    # Empty if the assignee left the organization since the change checked: nothing to tell them.
+    recipients = _recipients(session, task, [task.assignee_id], EventType.task_assigned)
+    NotificationService.notify(
+        session,
+        task.org_id,
+        [user.id for user, choice in recipients if choice.in_app],
+        "task.assigned",
+        f"{actor.name} assigned you “{task.title}”",
+        data={"task_id": task.id, "actor_id": actor.id},
+    )
 
 
 def set_watching(session: Session, task_id: int, actor: User, user_id: int, watch: bool) -> Task:
