@@ -279,36 +279,44 @@ def test_a_change_that_waited_for_the_task_hears_the_watcher_added_meanwhile(cli
         pytest.skip("SQLite's write lock serializes whole transactions: nothing is read before it")
     from sqlalchemy import insert, select, text
 
+    from src import db
     from src.db import SessionLocal
     from src.notifications.models import Notification
     from src.tasks.models import Task, task_watchers
 
     org_id, alice, bob, carol = team
     task = create(client, org_id, alice, assignee_id=bob.id)
-    holder = SessionLocal()  # as `POST /api/tasks/{id}/watchers/{carol}` holds it
-    holder.execute(select(Task).where(Task.id == task["id"]).with_for_update())
-    holder.execute(insert(task_watchers).values(task_id=task["id"], user_id=carol.id))
-    replies = []
-    change = threading.Thread(
-        target=lambda: replies.append(
-            client.patch(f"/api/tasks/{task['id']}", json={"status": "done"}, headers=bob.headers)
-        )
-    )
-    change.start()
-    try:
-        waiting = (
-            "SELECT count(*) FROM pg_stat_activity"
-            " WHERE wait_event_type = 'Lock' AND datname = current_database()"
-        )
-        deadline = time.monotonic() + 10
-        while not holder.execute(text(waiting)).scalar() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert holder.execute(text(waiting)).scalar(), "the change never waited for the lock"
-    finally:
-        holder.commit()
-        holder.close()
-    change.join(10)
+    replies: list[object] = []
+
+    def change() -> None:
+        try:
+            replies.append(
+                client.patch(f"/api/tasks/{task['id']}", json={"status": "done"}, headers=bob.headers)
+            )
+        except Exception as exc:  # reported by the test, not lost in the thread
+            replies.append(exc)
+
+    changing = threading.Thread(target=change)
+    # Who waits for the holder's lock, asked on a connection of its own, each time afresh: inside a
+    # transaction, pg_stat_activity keeps the list of backends it read first.
+    blocked = text("SELECT count(*) FROM pg_stat_activity WHERE :holder = ANY(pg_blocking_pids(pid))")
+    with SessionLocal() as holder:  # as `POST /api/tasks/{id}/watchers/{carol}` holds it
+        try:
+            holder.execute(select(Task).where(Task.id == task["id"]).with_for_update())
+            holder.execute(insert(task_watchers).values(task_id=task["id"], user_id=carol.id))
+            holder_pid = holder.execute(text("SELECT pg_backend_pid()")).scalar()
+            changing.start()
+            with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as watcher:
+                deadline = time.monotonic() + 10
+                while not watcher.execute(blocked, {"holder": holder_pid}).scalar():
+                    assert time.monotonic() < deadline, "the change never waited for the lock"
+                    time.sleep(0.05)
+        finally:
+            holder.commit()
+            if changing.ident is not None:  # started
+                changing.join(10)
     [reply] = replies
+    assert not isinstance(reply, Exception), reply
     assert reply.status_code == 200, reply.text
     assert reply.json()["watcher_ids"] == [carol.id]
     with SessionLocal() as session:
