@@ -266,9 +266,9 @@ def _save(session: Session, task: Task, changes: dict[str, Any]) -> None:
     dirty: the ORM's flush of it cost a status change more CPU than the UPDATE itself."""
     if not changes:
         return
-    changes["updated_at"] = utcnow()
-    session.connection().execute(_SAVE_TASK, {"task_id": task.id, **changes})
-    for field, value in changes.items():
+    values = {**changes, "updated_at": utcnow()}
+    session.connection().execute(_SAVE_TASK, {"task_id": task.id, **values})
+    for field, value in values.items():
         set_committed_value(task, field, value)
 
 
