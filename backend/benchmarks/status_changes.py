@@ -283,7 +283,10 @@ def main() -> None:
     )
     parser.add_argument("--duration", type=float, default=20, help="seconds of each offered run (20)")
     parser.add_argument("--database", choices=["postgresql", "sqlite"], default="postgresql")
-    parser.add_argument("--http", choices=["h11", "httptools"], default="h11", help="uvicorn's parser (h11)")
+    parser.add_argument(
+        "--http", choices=["bounded", "h11", "httptools"], default="bounded",
+        help="uvicorn's parser: bounded (httptools with a 16 KB header bound, as deployed), h11, httptools",
+    )  # fmt: skip
     args = parser.parse_args()
     with ExitStack() as stack:
         workdir, _url = prepare(stack, args.database)
@@ -292,10 +295,9 @@ def main() -> None:
         from src.devserver.redis_server import free_port
 
         env = {"SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(port), "SMTP_USE_TLS": "false"}
+        parser_option = [] if args.http == "bounded" else [f"--http={args.http}"]  # bounded: UVICORN_LIMITS
         children = [
-            ApiServer(
-                env, workdir / "api.log", free_port(), f"--workers={API_WORKERS}", f"--http={args.http}"
-            ),
+            ApiServer(env, workdir / "api.log", free_port(), f"--workers={API_WORKERS}", *parser_option),
             CeleryWorker(env, workdir / "worker.log", concurrency=2),
             CeleryBeat(env, workdir / "beat.log", workdir / "beat-schedule"),
         ]

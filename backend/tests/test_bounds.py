@@ -122,6 +122,24 @@ def test_a_stream_token_counts_only_under_its_exact_name_and_stays_out_of_logs(a
     assert token not in log
 
 
+def _reply(conn: socket.socket) -> bytes:
+    """One whole response (headers and the Content-Length body) read from a kept-alive connection."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(65536)
+        assert chunk, f"closed after {data!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(
+        next(
+            line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")
+        )
+    )
+    while len(body) < length:
+        body += conn.recv(65536)
+    return head
+
+
 def test_uvicorn_caps_connections_and_headers_but_leaves_silent_sockets_to_the_proxy(database_url):
     """What one API process does on its own (UVICORN_LIMITS), and what it cannot do."""
     server = ApiServer(
@@ -139,7 +157,24 @@ def test_uvicorn_caps_connections_and_headers_but_leaves_silent_sockets_to_the_p
 
         with socket.create_connection(("127.0.0.1", server.port), timeout=5) as huge:
             huge.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000)
-            assert huge.recv(4096).startswith(b"HTTP/1.1 400 ")  # h11: past 16 KB, refused and closed
+            assert huge.recv(4096).startswith(b"HTTP/1.1 400 ")  # past 16 KB: refused and closed
+            assert huge.recv(4096) == b""
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as trickled:
+            trickled.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            for _ in range(17):  # a header line at a time, 1 KB each: past 16 KB with the 17th
+                trickled.sendall(b"X-More: " + b"a" * 1_000 + b"\r\n")
+                time.sleep(0.01)
+            assert _reply(trickled).startswith(b"HTTP/1.1 400 ")
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as kept:
+            for _ in range(3):  # 10 KB of headers each: the bound is per request, not per connection
+                kept.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 10_000 + b"\r\n\r\n")
+                assert _reply(kept).startswith(b"HTTP/1.1 200 ")
+            body = b"{" + b" " * 100_000 + b"}"  # a body, even in the headers' read, is not a header
+            kept.sendall(
+                b"POST /api/auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+            )
+            assert _reply(kept).startswith(b"HTTP/1.1 422 ")
 
         with socket.create_connection(("127.0.0.1", server.port), timeout=8) as trickling:
             trickling.sendall(b"GET /healthz HTTP/1.1\r\n")

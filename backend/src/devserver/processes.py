@@ -119,14 +119,14 @@ class CeleryWorker(ManagedProcess):
 
 
 # What one API process holds for any number of clients, as deploy/systemd/herald-api.service runs it.
-# h11, not httptools: httptools buffers a header that never ends without limit (12 MB in 12 s here),
-# h11 refuses an unfinished request line or header block past 16 KB. --limit-concurrency counts open
-# connections, streams included (a process serves about a thousand): past it, requests answer 503
-# instead of piling up. Idle keep-alive connections close after 5 s. uvicorn has no timeout for a
-# connection that sends nothing or trickles its headers: the reverse proxy must (see the README).
+# The parser is httptools with h11's bound (src/http_protocol.py): a request line or header block past
+# 16 KB is refused. --limit-concurrency counts open connections, streams included (a process serves
+# about a thousand): past it, requests answer 503 instead of piling up. Idle keep-alive connections
+# close after 5 s. uvicorn has no timeout for a connection that sends nothing or trickles its
+# headers: the reverse proxy must (see the README).
 # --log-config: text or JSON lines (LOG_FORMAT) with request ids, from the first line (src/logs.py).
 UVICORN_LIMITS = [
-    "--http=h11", "--h11-max-incomplete-event-size=16384", "--limit-concurrency=2000",
+    "--http=src.http_protocol:BoundedHttpTools", "--limit-concurrency=2000",
     "--timeout-keep-alive=5", "--backlog=2048", "--log-config=log_config.json",
 ]  # fmt: skip
 
