@@ -10,7 +10,7 @@ from src.db import SessionLocal
 from src.emails import claims, delivery, suppressions
 from src.emails.models import EmailQueue, EmailStatus
 from src.emails.rendering import render
-from src.emails.service import EmailService
+from src.emails.service import EmailDraft, EmailService
 from src.errors import Invalid
 
 GOOD = {"to_email": "ada@example.com", "subject": "Hello", "body_text": "Hi"}
@@ -43,6 +43,34 @@ def test_dedupe_key_queues_once(db):
         session.commit()
         assert first.id == second.id
         assert session.scalar(select(func.count()).select_from(EmailQueue)) == 1
+
+
+def test_queueing_many_stores_the_new_and_returns_the_already_queued(db):
+    """One INSERT for all: each draft gets its email back, in order, whether it was stored now or
+    under its dedupe key before."""
+    with SessionLocal() as session:
+        earlier = EmailService.queue_email(session, **GOOD, dedupe_key="event:1:user:2")
+        session.commit()
+    drafts = [
+        EmailDraft(to_email="bea@example.com", subject="One", body_text="1", dedupe_key="event:1:user:3"),
+        EmailDraft(**GOOD, dedupe_key="event:1:user:2"),
+        EmailDraft(to_email="cy@example.com", subject="Three", body_text="3"),
+    ]
+    with SessionLocal() as session:
+        queued = EmailService.queue_emails(session, drafts, wake_worker=False)
+        session.commit()
+        rows = {row.id: row for row in session.scalars(select(EmailQueue))}
+    assert queued[1] == earlier
+    assert len({email.id for email in queued}) == 3 and len(rows) == 3
+    for email, draft in zip(queued, drafts, strict=True):
+        row = rows[email.id]
+        assert (row.to_email, row.subject, row.message_id) == (
+            draft.to_email,
+            draft.subject,
+            email.message_id,
+        )
+        assert row.status == EmailStatus.pending and row.attempts == 0
+        assert row.created_at == row.next_attempt_at == email.created_at <= row.updated_at
 
 
 def test_non_ascii_subject_and_name_are_encoded(db):
