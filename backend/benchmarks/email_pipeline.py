@@ -93,6 +93,53 @@ def measure_raw(n: int, port: int, journal: Path) -> dict:
     }
 
 
+def measure_serial_commits(n: int) -> dict:
+    """The wake-ups mode's own baseline: one caller committing one outbox row per transaction with the
+    bare driver, as fast as it can: the same table, indexes, row size and durable commit, without
+    Herald's validation, MIME composition or SQLAlchemy. The wake-ups mode is such a serial caller,
+    so its rate follows this one more than the raw SMTP rate. The rows are `cancelled`, which no
+    worker claims, and deleted after."""
+    from sqlalchemy import bindparam, delete, insert
+    from sqlalchemy.dialects import sqlite
+    from sqlalchemy.dialects.postgresql import psycopg as postgresql_psycopg
+
+    from src import db
+    from src.emails.mime import compose_message
+    from src.emails.models import EmailQueue, EmailStatus
+
+    assert db.engine is not None
+    postgresql = db.engine.dialect.name == "postgresql"
+    dialect = postgresql_psycopg.dialect() if postgresql else sqlite.dialect(paramstyle="named")
+    now = str(db.utcnow().replace(tzinfo=None))
+    first = draft(0)
+    row = {
+        "to_email": first["to_email"], "to_name": first["to_name"], "subject": first["subject"],
+        "mime": compose_message(**first, message_id="<serial@herald.local>", date=db.utcnow()),
+        "status": EmailStatus.cancelled.value, "priority": 0, "attempts": 0, "max_attempts": 1,
+        "next_attempt_at": now, "created_at": now, "updated_at": now,
+    }  # fmt: skip
+    table = EmailQueue.__table__
+    statement = str(
+        insert(table)
+        .values({column: bindparam(column) for column in (*row, "message_id")})
+        .compile(dialect=dialect)
+    )
+    connection = db.engine.raw_connection()
+    try:
+        cursor = connection.cursor()
+        started = time.perf_counter()
+        for i in range(n):
+            cursor.execute(statement, {**row, "message_id": f"<serial-{i}-{uuid.uuid4().hex}@herald.local>"})
+            connection.commit()
+        elapsed = time.perf_counter() - started
+    finally:
+        connection.close()
+    with db.SessionLocal() as session:
+        session.execute(delete(EmailQueue).where(EmailQueue.status == EmailStatus.cancelled))
+        session.commit()
+    return {"commits_per_s": round(n / elapsed, 1)}
+
+
 def run(n: int, database: str, workers: int) -> dict:
     with ExitStack() as stack:
         workdir, url = prepare(stack, database)
@@ -196,7 +243,11 @@ def run(n: int, database: str, workers: int) -> dict:
             print("raw:", json.dumps(raws[-1]), flush=True)
             modes[mode] = measure(mode, n)
             print(f"{mode}:", json.dumps(modes[mode]), flush=True)
+        # Last, so the rows it writes and deletes cannot slow any mode.
+        serials = [measure_serial_commits(n) for _ in range(3)]
+        print("serial commits:", json.dumps(serials), flush=True)
         raw = statistics.median(r["emails_per_s"] for r in raws)
+        serial = statistics.median(r["commits_per_s"] for r in serials)
         batched, wakeups, unbatched = modes["batched"], modes["wakeups"], modes["unbatched"]
         return {
             **{k: v for k, v in batched.items() if k != "queue_s"},
@@ -206,6 +257,9 @@ def run(n: int, database: str, workers: int) -> dict:
             "raw_emails_per_s": raw,
             "raw_runs": [r["emails_per_s"] for r in raws],
             "ratio_to_raw": {mode: round(m["emails_per_s"] / raw, 2) for mode, m in modes.items()},
+            "serial_commits_per_s": serial,
+            "serial_runs": [r["commits_per_s"] for r in serials],
+            "wakeups_ratio_to_serial_commits": round(wakeups["emails_per_s"] / serial, 2),
             "wakeup_emails_per_s": wakeups["emails_per_s"],
             "wakeup_p50_ms": wakeups["p50_ms"],
             "wakeup_p99_ms": wakeups["p99_ms"],
