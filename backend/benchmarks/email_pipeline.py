@@ -96,8 +96,8 @@ def measure_raw(n: int, port: int, journal: Path) -> dict:
 def measure_serial_commits(n: int) -> dict:
     """The wake-ups mode's own baseline: one caller committing one outbox row per transaction with the
     bare driver, as fast as it can: the same table, indexes, row size and durable commit, without
-    Herald's validation, MIME composition or SQLAlchemy. The wake-ups mode is such a serial caller,
-    so its rate follows this one more than the raw SMTP rate. The rows are `cancelled`, which no
+    Herald's validation, MIME composition or SQLAlchemy. The wake-ups mode is such a serial caller:
+    this is what its caller could do with none of Herald's work. The rows are `cancelled`, which no
     worker claims, and deleted after."""
     from sqlalchemy import bindparam, delete, insert
     from sqlalchemy.dialects import sqlite
@@ -108,8 +108,11 @@ def measure_serial_commits(n: int) -> dict:
     from src.emails.models import EmailQueue, EmailStatus
 
     assert db.engine is not None
-    postgresql = db.engine.dialect.name == "postgresql"
-    dialect = postgresql_psycopg.dialect() if postgresql else sqlite.dialect(paramstyle="named")
+    dialect = (
+        postgresql_psycopg.dialect()
+        if db.engine.dialect.name == "postgresql"
+        else sqlite.dialect(paramstyle="named")  # sqlite3 takes a dict for :name parameters
+    )
     now = str(db.utcnow().replace(tzinfo=None))
     first = draft(0)
     row = {
